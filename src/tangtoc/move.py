@@ -1,0 +1,390 @@
+"""Move models and *any* batch between devices, and bring results back.
+
+Seed 4.2: ``.to()`` works on tensors and modules only, not on Python lists, NumPy arrays or the
+nested dicts, tuples and dataclasses real batches are made of. One walker (:func:`_rebuild`) serves
+every function here; it rebuilds containers with their own types — ``defaultdict`` keeps its
+factory (accelerate #4154 crashes on it), frozen dataclasses are copied field by field (Lightning
+#10873 refuses them), namedtuples are rebuilt with ``type(x)(*items)``.
+
+**NumPy rule.** Arrays and NumPy scalars of numeric or bool dtype become tensors of the *same*
+dtype (``float64`` stays ``float64``, as ``torch.from_numpy`` does; pass ``dtype=`` to
+:func:`as_tensor` to change it). Arrays of strings or objects are not numbers and pass through.
+On the CPU the tensor shares the array's memory (no copy), except for read-only or negatively
+strided arrays, which PyTorch cannot wrap and which are copied first.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from tangtoc.device import DeviceLike, resolve, synchronize
+from tangtoc.errors import MixedDevicesError
+
+T = TypeVar("T")
+NonBlocking = bool | Literal["auto"]
+
+# Kinds of objects the walker meets. The first five are leaves that a caller's function converts.
+_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO, _MAPPING, _NAMEDTUPLE, _SEQUENCE, _SET, _DATACLASS, _ATOM = range(11)
+_LEAVES = frozenset((_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO))
+_ATOM_TYPES = (str, bytes, bytearray, int, float, complex, type(None), range, slice)
+_NUMERIC_KINDS = frozenset("biufc")  # NumPy dtype kinds PyTorch can hold: bool, int, uint, float, complex
+_kind_cache: dict[type, int] = {}
+
+
+def _classify(tp: type) -> int:
+    if issubclass(tp, torch.Tensor):
+        return _TENSOR
+    if issubclass(tp, nn.Module):
+        return _MODULE
+    if issubclass(tp, _ATOM_TYPES):
+        return _ATOM
+    if issubclass(tp, np.ndarray):
+        return _ARRAY
+    if issubclass(tp, np.generic):
+        return _NPSCALAR
+    # Before Mapping: HF's BatchEncoding is a UserDict whose own .to() keeps its encodings.
+    if callable(getattr(tp, "to", None)):
+        return _HAS_TO
+    if issubclass(tp, Mapping):
+        return _MAPPING
+    if issubclass(tp, tuple) and hasattr(tp, "_fields"):
+        return _NAMEDTUPLE
+    if issubclass(tp, (list, tuple)):
+        return _SEQUENCE
+    if issubclass(tp, (set, frozenset)):
+        return _SET
+    if dataclasses.is_dataclass(tp):
+        return _DATACLASS
+    return _ATOM
+
+
+def _kind(obj: object) -> int:
+    tp = type(obj)
+    kind = _kind_cache.get(tp)
+    if kind is None:
+        kind = _kind_cache[tp] = _classify(tp)
+    return kind
+
+
+def _rebuild(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[str]) -> Any:
+    """Return ``obj`` rebuilt with its own container types, ``leaf(x, kind)`` applied to every leaf."""
+    kind = _kind(obj)
+    if kind in _LEAVES:
+        return leaf(obj, kind)
+    if kind == _ATOM:
+        return obj
+    if kind == _MAPPING:
+        items = {k: v if k in skip_keys else _rebuild(v, leaf, skip_keys) for k, v in obj.items()}
+        return _remake_mapping(obj, items)
+    if kind == _SEQUENCE:
+        items = [_rebuild(v, leaf, skip_keys) for v in obj]
+        tp = type(obj)
+        return items if tp is list else tuple(items) if tp is tuple else tp(items)
+    if kind == _NAMEDTUPLE:
+        return type(obj)(
+            *(v if f in skip_keys else _rebuild(v, leaf, skip_keys) for f, v in zip(obj._fields, obj, strict=True))
+        )
+    if kind == _SET:
+        return type(obj)(_rebuild(v, leaf, skip_keys) for v in obj)
+    # A dataclass: copy it and set each field, which works for frozen and slotted classes alike and,
+    # unlike calling __init__, keeps init=False fields and does not rerun __post_init__.
+    new = copy.copy(obj)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name, _MISSING)
+        if value is not _MISSING and f.name not in skip_keys:
+            object.__setattr__(new, f.name, _rebuild(value, leaf, skip_keys))
+    return new
+
+
+_MISSING = object()
+
+
+def _remake_mapping(obj: Mapping, items: dict) -> Mapping:
+    tp = type(obj)
+    if tp is dict:
+        return items
+    if isinstance(obj, defaultdict):
+        out = tp(obj.default_factory)
+        out.update(items)
+        return out
+    try:
+        return tp(items)
+    except TypeError:
+        if isinstance(obj, MutableMapping):
+            out = copy.copy(obj)
+            out.update(items)
+            return out
+        raise TypeError(
+            f"cannot rebuild a {tp.__qualname__}: its constructor does not take a dict and it is not mutable. "
+            "Give it a `.to(device)` method, or pass its contents as a dict."
+        ) from None
+
+
+def _array_to_tensor(arr: np.ndarray) -> torch.Tensor | None:
+    """A CPU tensor for a numeric array (sharing memory where PyTorch can), ``None`` for non-numeric ones."""
+    if arr.dtype.kind not in _NUMERIC_KINDS:
+        return None
+    if not arr.flags.writeable or any(s < 0 for s in arr.strides):
+        arr = arr.copy()  # torch.from_numpy cannot wrap read-only or negatively strided buffers
+    return torch.from_numpy(arr)
+
+
+def _npscalar_to_tensor(x: np.generic) -> torch.Tensor | None:
+    return _array_to_tensor(np.asarray(x)) if x.dtype.kind in _NUMERIC_KINDS else None
+
+
+def _move(obj: T, target: torch.device, non_blocking: NonBlocking, skip_keys: frozenset[str], detach: bool) -> T:
+    pending: set[torch.device] = set()  # devices we copied from without blocking, into host memory
+    to_accelerator = target.type == "cuda"
+
+    def tensor(t: torch.Tensor) -> torch.Tensor:
+        if detach:
+            t = t.detach()
+        src = t.device
+        if src == target:
+            return t
+        if src.type == "meta" and target.type != "meta":
+            raise ValueError(
+                f"cannot copy a meta tensor (shape {tuple(t.shape)}, {t.dtype}) to {target}: meta tensors have no "
+                "data. Create it on the target device instead, or materialise the module with `.to_empty(device=...)`."
+            )
+        if non_blocking == "auto":
+            # Only a pinned host buffer copied to CUDA gains from non_blocking and is safe without a sync.
+            nb = to_accelerator and src.type == "cpu" and t.is_pinned()
+        else:
+            nb = non_blocking
+        if nb and target.type == "cpu" and src.type != "cpu":
+            pending.add(src)
+        return t.to(target, non_blocking=nb)
+
+    def leaf(x: Any, kind: int) -> Any:
+        if kind == _TENSOR:
+            return tensor(x)
+        if kind == _MODULE:
+            return x.to(target)
+        if kind == _ARRAY or kind == _NPSCALAR:
+            t = _array_to_tensor(x) if kind == _ARRAY else _npscalar_to_tensor(x)
+            return x if t is None else tensor(t)
+        try:  # anything else with a .to(), e.g. transformers' BatchEncoding
+            return x.to(target, non_blocking=non_blocking is True)
+        except TypeError:
+            return x.to(target)
+
+    out = _rebuild(obj, leaf, skip_keys)
+    for src in pending:
+        # A non-blocking device->host copy is not complete when .to() returns: wait once per source
+        # device, so the caller never reads a half-written buffer.
+        synchronize(src)
+    return out
+
+
+def to_device(
+    obj: T, device: DeviceLike | None, *, non_blocking: NonBlocking = "auto", skip_keys: tuple[str, ...] = ()
+) -> T:
+    """Move ``obj`` — a tensor, module, NumPy array or any nest of them — to ``device``.
+
+    Containers are rebuilt with their own types (dict, OrderedDict, defaultdict, list, tuple, namedtuple,
+    set, dataclasses including frozen ones); objects with their own ``.to`` (e.g. a BatchEncoding) are
+    moved by it; modules are moved in place and returned; strings, numbers and ``None`` pass through.
+    A tensor already on ``device`` is returned as is, without a copy. NumPy arrays and scalars become
+    tensors of the same dtype (see the module docstring).
+
+    Args:
+        device: ``"cuda"``, ``"cuda:1"``, ``torch.device``, an int (a CUDA index), or ``None``/``"auto"``
+            for :func:`~tangtoc.device.pick_device`. A device that is not available raises
+            :class:`~tangtoc.errors.DeviceUnavailableError` with the reason.
+        non_blocking: ``"auto"`` copies without blocking only where that is both safe and useful (a pinned
+            CPU tensor going to CUDA). ``True`` forces it; copies *to the CPU* are then awaited once, before
+            returning, so the result is always complete.
+        skip_keys: mapping keys and dataclass/namedtuple field names whose values are left where they are.
+    """
+    return _move(obj, resolve(device), non_blocking, frozenset(skip_keys), detach=False)
+
+
+def to_cpu(obj: T) -> T:
+    """Detach every tensor in ``obj`` and bring it to the CPU (seed 5.2: ``output.detach().cpu()``, nested).
+
+    All device-to-host copies are issued without blocking and awaited together, once per device.
+    """
+    return _move(obj, torch.device("cpu"), True, frozenset(), detach=True)
+
+
+def to_numpy(obj: Any) -> Any:
+    """Like :func:`to_cpu`, then every tensor becomes a NumPy array.
+
+    ``bfloat16`` and ``float16`` become ``float32`` (NumPy has no bfloat16, and matplotlib and most of
+    SciPy do not take float16); every other dtype is kept.
+    """
+
+    def leaf(x: Any, kind: int) -> Any:
+        if kind != _TENSOR:
+            return x
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
+        return x.resolve_conj().resolve_neg().numpy()
+
+    # Two passes on purpose: the arrays must not be read before to_cpu's single sync has completed them.
+    return _rebuild(to_cpu(obj), leaf, frozenset())
+
+
+def as_tensor(obj: Any, device: DeviceLike | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Make one tensor on ``device`` from a number, a (nested) list or tuple, a NumPy array, or tensors.
+
+    Seed 4.2: ``.to()`` does not apply to lists or NumPy arrays; this does. Lists of numbers are built
+    directly on the device; lists of same-shaped tensors are stacked. ``dtype`` converts; without it,
+    PyTorch's inference applies (Python floats -> float32, ints -> int64, NumPy keeps its dtype).
+    """
+    target = resolve(device)
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device=target, dtype=dtype)
+    if isinstance(obj, (np.ndarray, np.generic)):
+        t = _array_to_tensor(np.asarray(obj))
+        if t is None:
+            raise TypeError(
+                f"as_tensor needs a numeric NumPy array, got dtype {obj.dtype}. Convert it first, e.g. "
+                "`arr.astype(np.float32)`, or encode strings as ids."
+            )
+        return t.to(device=target, dtype=dtype)
+    if isinstance(obj, (list, tuple)) and _contains_tensor(obj):
+        parts = [as_tensor(x, target, dtype) for x in obj]
+        shapes = {tuple(p.shape) for p in parts}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"as_tensor got a list of tensors with different shapes {sorted(shapes)}; stacking needs one "
+                "shape. Pad them to a common shape first, or use to_device() to keep them as a list."
+            )
+        return torch.stack(parts)
+    if isinstance(obj, (bool, int, float, complex, list, tuple)):
+        try:
+            return torch.as_tensor(obj, dtype=dtype, device=target)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise ValueError(
+                f"as_tensor could not turn this {type(obj).__name__} into a tensor: {e}. It needs numbers in a "
+                "rectangular nest (every row the same length). Pad ragged rows, or keep them as a list of tensors."
+            ) from e
+    raise TypeError(
+        f"as_tensor takes numbers, lists/tuples of numbers, NumPy arrays or tensors; got {type(obj).__name__}. "
+        "For dicts and other containers use to_device(), which moves what is inside."
+    )
+
+
+def _contains_tensor(seq: list | tuple) -> bool:
+    return any(isinstance(x, torch.Tensor) or (isinstance(x, (list, tuple)) and _contains_tensor(x)) for x in seq)
+
+
+Scalar = bool | int | float | complex
+
+
+def fetch(*values: torch.Tensor | Scalar | np.generic) -> tuple[Scalar, ...]:
+    """Read many one-element tensors as Python numbers with **one** transfer and one sync per device.
+
+    ``loss.item(); acc.item()`` synchronises the host with the device twice; ``fetch(loss, acc)``
+    packs their bytes into one buffer on the device, copies it once, and unpacks exactly (any mix of
+    dtypes, no rounding). Python numbers and NumPy scalars pass through. Always returns a tuple:
+    ``(loss_v,) = fetch(loss)``.
+    """
+    out: list[Any] = list(values)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ValueError(
+                    f"fetch takes one-element tensors; argument {i} has shape {tuple(v.shape)}. "
+                    "Use to_cpu() or to_numpy() for whole tensors."
+                )
+            if v.device.type == "meta":
+                raise ValueError(f"fetch cannot read argument {i}: it is a meta tensor and has no data.")
+            by_device.setdefault(v.device, []).append(i)
+        elif isinstance(v, np.generic):
+            out[i] = v.item()
+        elif not isinstance(v, (bool, int, float, complex)):
+            raise TypeError(f"fetch takes tensors and numbers; argument {i} is a {type(v).__name__}.")
+    for dev, idx in by_device.items():
+        tensors = [values[i].detach().reshape(1) for i in idx]  # type: ignore[union-attr]
+        if dev.type == "cpu":
+            for i, t in zip(idx, tensors, strict=True):
+                out[i] = t.item()
+            continue
+        # Reinterpret each value's bytes as uint8 so different dtypes share one buffer and one copy.
+        packed = torch.cat([t.contiguous().view(torch.uint8) for t in tensors]).cpu()
+        offset = 0
+        for i, t in zip(idx, tensors, strict=True):
+            n = t.element_size()
+            out[i] = packed[offset : offset + n].view(t.dtype).item()
+            offset += n
+    return tuple(out)
+
+
+def pin(obj: T) -> T:
+    """Put every CPU tensor in ``obj`` in page-locked (pinned) memory, so copies to CUDA can overlap compute.
+
+    Returns ``obj`` unchanged when CUDA is not available (pinning needs it) and leaves already pinned
+    tensors as they are.
+    """
+    if not torch.cuda.is_available():
+        return obj
+
+    def leaf(x: Any, kind: int) -> Any:
+        if kind == _TENSOR and x.device.type == "cpu" and not x.is_pinned():
+            return x.pin_memory()
+        return x
+
+    return _rebuild(obj, leaf, frozenset())
+
+
+def named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(path, tensor)`` for every tensor in ``obj``: module parameters and buffers by their dotted
+    names, mapping values as ``[key]``, sequence items as ``[i]``, dataclass and namedtuple fields as ``.name``.
+    """
+    kind = _kind(obj)
+    if kind == _TENSOR:
+        yield prefix, obj
+    elif kind == _MODULE:
+        dot = f"{prefix}." if prefix else ""
+        for name, t in obj.named_parameters():
+            yield dot + name, t
+        for name, t in obj.named_buffers():
+            yield dot + name, t
+    elif kind == _MAPPING or (kind == _HAS_TO and isinstance(obj, Mapping)):
+        for k, v in obj.items():
+            yield from named_tensors(v, f"{prefix}[{k!r}]")
+    elif kind in (_SEQUENCE, _SET):
+        for i, v in enumerate(obj):
+            yield from named_tensors(v, f"{prefix}[{i}]")
+    elif kind == _NAMEDTUPLE:
+        for f, v in zip(obj._fields, obj, strict=True):
+            yield from named_tensors(v, f"{prefix}.{f}")
+    elif kind == _DATACLASS:
+        for f in dataclasses.fields(obj):
+            yield from named_tensors(getattr(obj, f.name, None), f"{prefix}.{f.name}")
+
+
+def device_of(obj: Any) -> torch.device | None:
+    """The one device that every tensor in ``obj`` (a model, a tensor, a batch) lives on.
+
+    Returns ``None`` when ``obj`` holds no tensor. Raises :class:`~tangtoc.errors.MixedDevicesError`
+    when tensors live on several devices; the message lists each device with an example path.
+    """
+    seen: dict[torch.device, list[str]] = {}
+    for path, t in named_tensors(obj):
+        seen.setdefault(t.device, []).append(path or "<the tensor>")
+    if not seen:
+        return None
+    if len(seen) == 1:
+        return next(iter(seen))
+    where = "; ".join(
+        f"{dev}: {len(paths)} tensor{'s' if len(paths) != 1 else ''} (e.g. {', '.join(paths[:3])})"
+        for dev, paths in seen.items()
+    )
+    raise MixedDevicesError(
+        f"expected one device, found {len(seen)}: {where}. Fix: move everything to one device "
+        "with tt.to_device(obj, device)."
+    )

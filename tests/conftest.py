@@ -1,0 +1,29 @@
+"""Shared test setup: CUDA-only tests carry @pytest.mark.cuda and skip on machines without CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_device_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's TANGTOC_DEVICE must not change what the tests see.
+    monkeypatch.delenv("TANGTOC_DEVICE", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_device_cache() -> None:
+    # resolve() caches validated device specs; a test that fakes CUDA must not leak into the next one.
+    from tangtoc import device
+
+    device._validated.cache_clear()
