@@ -170,7 +170,7 @@ def _move(obj: T, target: torch.device, non_blocking: NonBlocking, skip_keys: fr
             return tensor(x)
         if kind == _MODULE:
             return x.to(target)
-        if kind == _ARRAY or kind == _NPSCALAR:
+        if kind in (_ARRAY, _NPSCALAR):
             t = _array_to_tensor(x) if kind == _ARRAY else _npscalar_to_tensor(x)
             return x if t is None else tensor(t)
         try:  # anything else with a .to(), e.g. transformers' BatchEncoding

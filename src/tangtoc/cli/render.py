@@ -1,0 +1,39 @@
+"""Formatting shared by the subcommands: units in every number, JSON that never fails on a torch type."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from rich.console import Console
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False)
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_flops(flops: float | None) -> str:
+    return "unknown" if flops is None else f"{flops / 1e12:.1f} TFLOP/s"
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (torch.device, torch.dtype)):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, default=_default, sort_keys=False)
