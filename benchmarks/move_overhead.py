@@ -16,9 +16,9 @@ Scenarios:
   the copies are included, which then dominate the time.
 
 Method: every contender's output is checked first (same structure, every tensor on the target device) so a
-wrong result is never timed. Then, for ``--rounds`` rounds, every contender is timed once per round with
-``torch.utils.benchmark.Timer.blocked_autorange``, in a rotating order, so machine noise hits all of them
-alike; the table reports the median over rounds. One torch thread.
+wrong result is never timed. After a discarded warm-up, for ``--rounds`` rounds, every contender is timed
+once per round with ``torch.utils.benchmark.Timer.blocked_autorange``, in a rotating order, so machine noise
+hits all of them alike; the table reports the median over rounds. One torch thread.
 
 Run:  python benchmarks/move_overhead.py [--quick] [--min-run-time S] [--rounds N] [--json PATH]
 It is a measurement: it exits 0 whether or not the goals are met, and prints the verdict as measured.
@@ -48,11 +48,16 @@ import tangtoc
 RATIO_GOAL = 1.3  # to_device may cost at most this many times the hand-written walk
 HAND = "hand-written walk"
 TANGTOC = "tangtoc.to_device"
-ACCELERATE = "accelerate.send_to_device"
-LIGHTNING = "lightning.move_data_to_device"
+ACCELERATE = "accelerate send_to_device"
+LIGHTNING = "lightning move_data_to_device"
+TITLES = {
+    "cpu→cpu": "cpu → cpu: nothing moves (pure walk overhead)",
+    "cpu→meta": "cpu → meta: every tensor re-created on another device",
+    "cpu→cuda": "cpu → cuda: copies included (synchronized after each call); the copy dominates",
+}
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # The batch
 
 
@@ -96,7 +101,7 @@ def count_leaves(obj: Any) -> tuple[int, int]:
     return 0, 1
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # The contenders
 
 
@@ -149,7 +154,7 @@ def load_contenders() -> tuple[dict[str, Callable[[Any, torch.device], Any]], di
     return fns, skipped
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Correctness, checked before anything is timed
 
 
@@ -179,7 +184,7 @@ def check_same(ref: Any, out: Any, device: torch.device, path: str = "batch") ->
         assert out == ref, f"{path}: {out!r} != {ref!r}"
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Timing
 
 
@@ -198,6 +203,8 @@ def time_scenario(
         for name, fn in fns.items()
     }
     names = list(fns)
+    for name in names:  # warm-up, discarded: caches, branch predictors, CPU clock ramp-up
+        timers[name].blocked_autorange(min_run_time=min(0.2, min_run_time))
     per_round: dict[str, list[float]] = {n: [] for n in names}
     runs: dict[str, list[int]] = {n: [] for n in names}
     for r in range(rounds):
@@ -227,7 +234,7 @@ def summarise(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Goals
 
 
@@ -241,7 +248,7 @@ def check_goals(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> 
                 "scenario": scenario,
                 "goal": f"to_device ≤ {RATIO_GOAL}× hand-written walk",
                 "met": td["ratio_to_hand"] <= RATIO_GOAL,
-                "detail": f"{td['ratio_to_hand']:.2f}× (per-round ratios {min(ratios):.2f}–{max(ratios):.2f}×)",
+                "detail": f"{td['ratio_to_hand']:.2f}× (ratio within each round: {min(ratios):.2f}–{max(ratios):.2f}×)",
             }
         )
         for other in (ACCELERATE, LIGHTNING):
@@ -251,12 +258,13 @@ def check_goals(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> 
                         "scenario": scenario,
                         "goal": f"to_device faster than {other}",
                         "met": None,
-                        "detail": f"not checked: {skipped[other]}",
+                        "detail": skipped[other],
                     }
                 )
                 continue
             o = res[other]
-            faster_rounds = sum(a < b for a, b in zip(td["round_medians_s"], o["round_medians_s"], strict=True))
+            pairs = zip(td["round_medians_s"], o["round_medians_s"], strict=True)
+            faster_rounds = sum(a < b for a, b in pairs)
             goals.append(
                 {
                     "scenario": scenario,
@@ -272,7 +280,7 @@ def check_goals(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> 
     return goals
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Output
 
 
@@ -306,6 +314,7 @@ def metadata(args: argparse.Namespace, batch: Any) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "rounds": args.rounds,
         "min_run_time_s": args.min_run_time,
@@ -320,19 +329,17 @@ def print_report(
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        Console = None  # noqa: N806
+        Console = None
 
     header = (
-        f"torch {meta['torch']}, Python {meta['python']}, {meta['cpu_model']}, {meta['cpus_usable']} usable cores, "
+        f"torch {meta['torch']}, Python {meta['python']}, {meta['cpu_model']}, "
+        f"{meta['cpus_usable']} usable cores, "
         f"{meta['torch_threads']} torch thread; batch: {meta['batch']['tensors']} tensors + "
         f"{meta['batch']['non_tensor_leaves']} other leaves; {meta['rounds']} rounds × "
         f"min_run_time {meta['min_run_time_s']} s, median over rounds"
     )
     console = Console() if Console is not None else None
-    if console is not None:
-        console.print(header)
-    else:
-        print(header)
+    print(header)
     for scenario, res in results.items():
         rows = [
             (
@@ -344,8 +351,8 @@ def print_report(
             for name, r in res.items()
         ]
         rows += [(name, "not installed", "", "") for name in skipped]
-        cols = ("contender", "µs / call", "range over rounds", "× hand-written")
-        title = f"{scenario}" + ("  (the copy dominates on CUDA)" if "cuda" in scenario else "")
+        cols = ("contender", "µs / call", "min–max", "× hand-written")
+        title = TITLES[scenario]
         if console is not None:
             table = Table(title=title, title_justify="left")
             for i, c in enumerate(cols):
@@ -357,8 +364,12 @@ def print_report(
             print(f"\n{title}")
             widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows, strict=True)]
             for row in (cols, *rows):
-                print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(
-                    zip(row, widths, strict=True))))
+                print(
+                    "  ".join(
+                        str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                        for i, (x, w) in enumerate(zip(row, widths, strict=True))
+                    )
+                )
     print("\nGoals:")
     for g in goals:
         verdict = "NOT CHECKED" if g["met"] is None else "MET" if g["met"] else "MISSED"
@@ -373,14 +384,14 @@ def print_report(
         print(f"Verdict: all {len(checked)} checked goals met.")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per blocked_autorange (default 0.5)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported (default 5)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds of 0.1 s (numbers are noisier)")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per timing (default 0.5)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds, median reported (default 5)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds of 0.1 s (overrides both)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write every number and the metadata here")
     args = p.parse_args(argv)
     if args.quick:
@@ -394,11 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     batch = make_batch()
 
     scenarios: list[tuple[str, torch.device, bool]] = [
-        ("cpu → cpu (nothing moves: walk overhead)", torch.device("cpu"), False),
-        ("cpu → meta (every tensor re-created)", torch.device("meta"), False),
+        ("cpu→cpu", torch.device("cpu"), False),
+        ("cpu→meta", torch.device("meta"), False),
     ]
     if torch.cuda.is_available():
-        scenarios.append(("cpu → cuda (copies included, synchronized)", torch.device("cuda"), True))
+        scenarios.append(("cpu→cuda", torch.device("cuda"), True))
 
     # Never time a wrong result: every contender must rebuild the batch with every tensor on the target.
     for _, device, _sync in scenarios:

@@ -58,8 +58,6 @@ def test_doctor_reports_a_problem_and_exits_1(
 
 
 def test_python_dash_m_works() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tangtoc", "--version"], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-m", "tangtoc", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("tangtoc ")

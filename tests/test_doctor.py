@@ -32,7 +32,11 @@ def make_env(**changes: object) -> doctor.Environment:
 
 def gpu(capability: tuple[int, int], tf32: bool):
     return dataclasses.replace(
-        describe("cpu"), kind="cuda", index=0, name="NVIDIA H100 80GB HBM3", compute_capability=capability,
+        describe("cpu"),
+        kind="cuda",
+        index=0,
+        name="NVIDIA H100 80GB HBM3",
+        compute_capability=capability,
         tf32_matmul=tf32,
     )
 

@@ -121,8 +121,11 @@ def find_problems(env: Environment) -> list[Problem]:
             )
         )
     for info in env.devices:
-        if info.kind == "cuda" and info.compute_capability and info.compute_capability >= (8, 0) and (
-            info.tf32_matmul is False
+        if (
+            info.kind == "cuda"
+            and info.compute_capability
+            and info.compute_capability >= (8, 0)
+            and (info.tf32_matmul is False)
         ):
             problems.append(
                 Problem(

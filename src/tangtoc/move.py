@@ -143,27 +143,31 @@ def _npscalar_to_tensor(x: np.generic) -> torch.Tensor | None:
 
 def _move(obj: T, target: torch.device, non_blocking: NonBlocking, skip_keys: frozenset[str], detach: bool) -> T:
     pending: set[torch.device] = set()  # devices we copied from without blocking, into host memory
-    to_accelerator = target.type == "cuda"
+    # Decided once per call, not per tensor: device.type builds a new string on every read, and this
+    # function runs on every batch of a training loop (benchmarks/move_overhead.py).
+    auto = non_blocking == "auto"
+    to_cuda = target.type == "cuda"
+    to_cpu = target.type == "cpu"
+    to_meta = target.type == "meta"
 
     def tensor(t: torch.Tensor) -> torch.Tensor:
         if detach:
             t = t.detach()
-        src = t.device
-        if src == target:
+        if t.device == target:
             return t
-        if src.type == "meta" and target.type != "meta":
+        if t.is_meta and not to_meta:
             raise ValueError(
                 f"cannot copy a meta tensor (shape {tuple(t.shape)}, {t.dtype}) to {target}: meta tensors have no "
                 "data. Create it on the target device instead, or materialise the module with `.to_empty(device=...)`."
             )
-        if non_blocking == "auto":
+        if auto:
             # Only a pinned host buffer copied to CUDA gains from non_blocking and is safe without a sync.
-            nb = to_accelerator and src.type == "cpu" and t.is_pinned()
-        else:
-            nb = non_blocking
-        if nb and target.type == "cpu" and src.type != "cpu":
-            pending.add(src)
-        return t.to(target, non_blocking=nb)
+            if to_cuda and t.is_cpu and t.is_pinned():
+                return t.to(target, non_blocking=True)
+            return t.to(target)
+        if non_blocking and to_cpu and not t.is_cpu:
+            pending.add(t.device)
+        return t.to(target, non_blocking=non_blocking)
 
     def leaf(x: Any, kind: int) -> Any:
         if kind == _TENSOR:

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from tangtoc import __version__
-from tangtoc.cli import doctor
+from tangtoc.cli import bench, doctor
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, TangtocError
 
-COMMANDS = (doctor,)
+COMMANDS = (doctor, bench)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 import torch
@@ -10,7 +12,10 @@ from rich.console import Console
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped into a log or CI, rich falls back to 80 columns and wraps wide tables into unreadable towers.
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def fmt_bytes(n: float | None) -> str:

@@ -1,0 +1,155 @@
+"""measure(): statistics on a fake clock (deterministic), agreement with torch's Timer, and settings restored."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+from torch.utils import benchmark as torch_benchmark
+
+from tangtoc.bench.measure import MIN_BLOCK_SECONDS, Measurement, measure
+
+
+class FakeClock:
+    """A clock that only moves when the timed function says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def start(self) -> float:
+        return self.now
+
+    def stop(self, mark: float) -> float:
+        return self.now - mark
+
+
+def ticking(clock: FakeClock, durations: Iterator[float]) -> Callable[[], None]:
+    def fn() -> None:
+        clock.now += next(durations)
+
+    return fn
+
+
+def constant(seconds: float) -> Iterator[float]:
+    while True:
+        yield seconds
+
+
+def test_constant_work_gives_exact_statistics() -> None:
+    clock = FakeClock()
+    m = measure(ticking(clock, constant(2e-3)), clock=clock, min_time=0.02, max_time=1.0)
+    assert m.median == pytest.approx(2e-3)
+    assert m.min == pytest.approx(2e-3)
+    assert m.iqr == pytest.approx(0.0, abs=1e-12)
+    assert m.number_per_block == 1  # 2 ms per call is already a long enough block
+    assert m.runs == 10  # 0.02 s measured in blocks of 2 ms
+    assert m.warning is None
+
+
+def test_short_calls_are_grouped_into_blocks_long_enough_for_the_clock() -> None:
+    clock = FakeClock()
+    m = measure(ticking(clock, constant(1e-6)), clock=clock, min_time=0.01)
+    assert m.number_per_block * 1e-6 >= MIN_BLOCK_SECONDS
+    assert m.median == pytest.approx(1e-6)
+    assert m.runs >= 5
+
+
+def test_warmup_calls_are_not_timed() -> None:
+    clock = FakeClock()
+    slow_first = iter([1.0, 1.0] + [1e-3] * 10_000)  # first call and cold caches: slow
+    m = measure(ticking(clock, slow_first), clock=clock, warmup=2, min_time=0.01)
+    assert max(m.times) == pytest.approx(1e-3)
+
+
+def test_spread_is_reported_and_warned_about() -> None:
+    clock = FakeClock()
+
+    def alternating() -> Iterator[float]:
+        while True:
+            yield 1e-3
+            yield 3e-3
+
+    m = measure(ticking(clock, alternating()), clock=clock, min_time=0.05)
+    assert m.median == pytest.approx(2e-3, rel=0.5)
+    assert m.iqr == pytest.approx(2e-3)
+    assert m.warning is not None and "noisy: the IQR is" in m.warning
+
+
+def test_max_time_bounds_a_slow_function() -> None:
+    clock = FakeClock()
+    m = measure(ticking(clock, constant(0.5)), clock=clock, min_time=0.1, max_time=1.0, min_runs=100)
+    assert m.runs == 2  # stopped by max_time, not min_runs
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_time": 0}, "0 < min_time <= max_time"),
+        ({"min_time": 2.0, "max_time": 1.0}, "0 < min_time <= max_time"),
+        ({"min_runs": 0}, "min_runs and warmup must be at least 1"),
+        ({"warmup": 0}, "min_runs and warmup must be at least 1"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        measure(lambda: None, **kwargs)
+
+
+def test_thread_count_is_restored_even_after_an_error() -> None:
+    before = torch.get_num_threads()
+    seen = []
+
+    def fn() -> None:
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        measure(fn, threads=1)
+    assert seen == [1]
+    assert torch.get_num_threads() == before
+
+
+def test_gpu_only_options_are_ignored_on_the_cpu() -> None:
+    m = measure(lambda: torch.ones(10).sum(), flush_l2=True, cuda_graph=True, min_time=0.01)
+    assert m.device == "cpu" and m.median > 0
+
+
+def test_measurement_dict_has_units_in_its_keys() -> None:
+    m = Measurement(times=(1.0, 2.0, 3.0), number_per_block=4, device="cpu", label="x", threads=1)
+    d = m.to_dict()
+    assert d["median_s"] == 2.0 and d["min_s"] == 1.0 and d["runs"] == 3
+    assert d["iqr_s"] == pytest.approx(1.0)
+
+
+def test_agrees_with_torch_timer_on_a_cpu_matmul() -> None:
+    """Same op, one thread, measured alternately: medians within 10%. Three tries, since another process on a
+    shared 2-core machine can disturb one pair of measurements; a systematic error fails all three."""
+    a = torch.randn(192, 192)
+    ratios = []
+    for _ in range(3):
+        ours = measure(lambda: torch.mm(a, a), threads=1, min_time=0.3).median
+        timer = torch_benchmark.Timer("torch.mm(a, a)", globals={"a": a, "torch": torch}, num_threads=1)
+        theirs = timer.blocked_autorange(min_run_time=0.3).median
+        ratios.append(ours / theirs)
+        if abs(ratios[-1] - 1) <= 0.10:
+            break
+    assert abs(ratios[-1] - 1) <= 0.10, f"measure/Timer median ratios: {ratios}"
+
+
+@pytest.mark.cuda
+def test_forgetting_to_synchronize_mis_measures_on_cuda() -> None:
+    """Seed 6.1: without synchronize(), perf_counter sees only the kernel launch."""
+    a = torch.randn(4096, 4096, device="cuda")
+    torch.mm(a, a)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        torch.mm(a, a)
+    unsynced = (time.perf_counter() - t0) / 10  # planted bug: no synchronize before reading the clock
+    torch.cuda.synchronize()
+    correct = measure(lambda: torch.mm(a, a), device="cuda", min_time=0.2).median
+    assert unsynced < 0.5 * correct, (unsynced, correct)
+    flops = 2 * 4096**3 / correct
+    assert flops < 2e15, "a correct measurement cannot exceed any GPU's peak"

@@ -1,0 +1,87 @@
+"""`tangtoc bench` as a user runs it: bad input gives a message and exit 2; results are written, partial too."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tangtoc import bench
+from tangtoc.cli import main
+
+FAST = ["--min-time", "0.01", "--matmul-sizes", "64", "--op-sizes", "100"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "nosuch"], "unknown suite 'nosuch'; the suites are: matmul, small-ops"),
+        (["bench", "--device", "cuda"], "this PyTorch build is CPU-only"),
+        (["bench", "--device", "gpu"], "Did you mean 'cuda'"),
+        (["bench", "--json", "/proc/no/such/dir/b.json"], "cannot write /proc/no/such/dir/b.json"),
+        (["bench", "matmul", "--matmul-sizes", "1000000"], "matmul size 1000000 needs .* but cpu has .* free"),
+        (["bench", "--min-time", "0"], "--min-time must be positive"),
+    ],
+)
+def test_bad_input_is_a_usage_error(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_malformed_sizes_are_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--op-sizes", "ten"])
+    assert exc.value.code == 2
+    assert "expected comma-separated positive integers" in capsys.readouterr().err
+
+
+def test_a_small_run_writes_table_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    code = main(["bench", "matmul", "small-ops", *FAST, "--json", str(out_json), "--plot", str(out_png)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "matmul 64" in text and "The seed's claims" in text and "No GPU present" in text
+    data = json.loads(out_json.read_text())
+    assert {r["suite"] for r in data["rows"]} == {"matmul", "small-ops"}
+    assert all(r["measurement"]["median_s"] > 0 for r in data["rows"])
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failing_case_keeps_the_others_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(cfg: bench.BenchConfig) -> list[bench.Case]:
+        def run() -> bench.Row:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+        return [bench.Case("residency", "residency on cpu", run)]
+
+    monkeypatch.setitem(bench.SUITES, "residency", broken)
+    out_json = tmp_path / "b.json"
+    assert main(["bench", "matmul", "residency", *FAST, "--json", str(out_json)]) == 1
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["suite"] for r in rows] == ["matmul", "residency"]
+    assert rows[0]["measurement"] is not None
+    assert rows[1]["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    assert "CUDA out of memory (simulated)" in capsys.readouterr().out
+
+
+def test_interrupted_run_still_writes_what_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = bench.run_case
+    calls = []
+
+    def run_case(case: bench.Case) -> bench.Row:
+        calls.append(case)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(case)
+
+    monkeypatch.setattr(bench, "run_case", run_case)
+    out_json = tmp_path / "b.json"
+    assert main(["bench", "small-ops", *FAST, "--json", str(out_json)]) == 130
+    rows = json.loads(out_json.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["case"] == "add 1e+02"
