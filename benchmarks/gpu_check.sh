@@ -19,14 +19,28 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
   rows+=("$(printf '%-22s %-8s %4ss  %s' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAIL($rc)")" $((SECONDS - t0)) "$out/$name.log")")
 }
 
+# Time limits add up to under 8 minutes.
 step nvidia-smi 20 nvidia-smi
-step doctor 60 "$py" -m tangtoc doctor --json
-cp "$out/doctor.log" "$out/doctor.json" 2>/dev/null
-step pytest-cuda 240 "$py" -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
-step move-overhead 120 "$py" benchmarks/move_overhead.py --quick --json "$out/move_overhead.json"
+step doctor 30 "$py" -m tangtoc doctor --json
+step pytest-cuda 120 "$py" -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
+step move-overhead 40 "$py" benchmarks/move_overhead.py --quick --json "$out/move_overhead.json"
+step bench-quick 180 "$py" -m tangtoc bench --json "$out/bench.json" --plot "$out/bench.png"
 
 echo
 echo "== tangtoc gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) =="
-grep -m1 -E "passed|failed|error" "$out/pytest-cuda.log" | sed 's/^/pytest -m cuda: /'
-grep -E "to_device|verdict|goal" "$out/move-overhead.log" | tail -n 6
+grep -m1 -E "passed|failed|error|skipped|deselected" "$out/pytest-cuda.log" | sed 's/^/pytest -m cuda: /'
+grep -E "Verdict" "$out/move-overhead.log" | sed 's/^/move_overhead: /'
+"$py" - "$out/bench.json" <<'PY' || true
+import json, sys
+data = json.load(open(sys.argv[1]))
+best = {}
+for r in data["rows"]:
+    s = (r["metrics"] or {}).get("speedup_vs_cpu")
+    if s and (r["suite"] not in best or s > best[r["suite"]][0]):
+        best[r["suite"]] = (s, f'{r["case"]} {r["dtype"]} on {r["device"]}')
+for suite, (s, where) in best.items():
+    print(f"bench {suite}: best GPU/CPU speed-up {s:.1f}x ({where})")
+for c in data["seed_claims"]:
+    print(f"seed claim: {c['claim']}: {c['measured']} -> {c['verdict']}")
+PY
 printf '%s\n' "${rows[@]}"
