@@ -130,7 +130,7 @@ def _parse(spec: DeviceLike) -> torch.device | None:
     kind, _, index = text.partition(":")
     if kind in KINDS and (not index or index.isdigit()):
         return torch.device(text)
-    meant = _ALIASES.get(text) or _ALIASES.get(kind)
+    meant = _ALIASES.get(text) or (_ALIASES[kind] + (f":{index}" if index else "") if kind in _ALIASES else None)
     if meant is None:
         close = difflib.get_close_matches(kind, KINDS, n=1, cutoff=0.5)
         meant = (close[0] + (f":{index}" if index else "")) if close else None
@@ -170,7 +170,9 @@ def check_available(device: torch.device) -> None:
 
 def _canonical(device: torch.device) -> torch.device:
     """Give an index to ``cuda``/``xpu``/``mps`` so it compares equal to ``tensor.device``."""
-    if device.index is not None or device.type in ("cpu", "meta"):
+    if device.type in ("cpu", "meta"):
+        return torch.device(device.type) if device.index is not None else device  # tensors report plain "cpu"
+    if device.index is not None:
         return device
     if device.type == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
@@ -196,6 +198,8 @@ def resolve(device: DeviceLike | None) -> torch.device:
     """
     if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
         return pick_device()
+    if not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"device must be a str, int or torch.device, got {type(device).__name__}: {device!r}.")
     return _canonical(_validated(device))
 
 
@@ -210,15 +214,15 @@ def pick_device(prefer: DeviceLike | None = None) -> torch.device:
     """
     env = os.environ.get(ENV_VAR)
     spec: DeviceLike | None = env if env else prefer
-    parsed = _parse(spec) if spec is not None else None
-    if parsed is not None:
-        try:
+    try:
+        parsed = _parse(spec) if spec is not None else None
+        if parsed is not None:
             check_available(parsed)
             return _canonical(parsed)
-        except DeviceUnavailableError as e:
-            if env:
-                raise DeviceUnavailableError(f"{e} (It came from the environment: {ENV_VAR}={env!r}.)") from None
-            raise
+    except (DeviceUnavailableError, InvalidDeviceError) as e:
+        if env:
+            raise type(e)(f"{e} (It came from the environment: {ENV_VAR}={env!r}.)") from None
+        raise
     facts = cuda_facts()
     if facts.device_count > 0:
         local_rank = os.environ.get("LOCAL_RANK")

@@ -5,9 +5,11 @@ These numbers feed MFU and roofline estimates. A wrong peak gives nonsense such 
 
 * every entry cites its source; peaks are **dense** (no 2:4 sparsity), in FLOP/s, at boost clock;
 * a device that is not in the table gets ``None`` from :func:`lookup`, never a neighbour's numbers;
-* dtype keys are ``"float64"``, ``"float32"`` (plain FP32 on CUDA cores), ``"tf32"``, ``"bfloat16"``,
+* dtype keys are ``"float64"`` (the FP64 tensor-core rate where the part has one, as cuBLAS uses it
+  for float64 matmuls), ``"float32"`` (plain FP32 on CUDA cores), ``"tf32"``, ``"bfloat16"``,
   ``"float16"``, ``"float8"`` (tensor cores where the part has them); a dtype the part does not
-  accelerate is simply absent.
+  accelerate is simply absent;
+* a MIG slice, a laptop part or a cut-down regional variant is *not* the full part: ``None``.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ H200_SXM = _spec(
 )
 H200_NVL = _spec(
     "NVIDIA H200 NVL",
-    {"float64": 30, "float32": 60, "tf32": 417.5, "bfloat16": 835.5, "float16": 835.5, "float8": 1670.5},
+    {"float64": 60, "float32": 60, "tf32": 417.5, "bfloat16": 835.5, "float16": 835.5, "float8": 1670.5},
     4800,
     141,
     "NVIDIA H200 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h200/)",
@@ -116,7 +118,7 @@ A10G = _spec(
     note="AWS-only part; NVIDIA publishes no datasheet for it",
 )
 
-# (substrings that must all occur in the lower-cased torch.cuda.get_device_name(), spec); first match wins,
+# (words that must all occur in the lower-cased torch.cuda.get_device_name(), spec); first match wins,
 # so more specific names come first. Memory size separates the A100 variants.
 _TABLE: tuple[tuple[tuple[str, ...], HardwareSpec], ...] = (
     (("h200", "nvl"), H200_NVL),
@@ -131,7 +133,7 @@ _TABLE: tuple[tuple[tuple[str, ...], HardwareSpec], ...] = (
     (("a10g",), A10G),
     (("l4",), L4),
     (("t4",), T4),
-    (("rtx 4090",), RTX_4090),
+    (("rtx", "4090"), RTX_4090),
 )
 
 #: Short names accepted wherever a user names a target GPU (``--target h100``).
@@ -153,16 +155,22 @@ BY_SHORT_NAME: Mapping[str, HardwareSpec] = MappingProxyType(
 )
 
 
+# Words that mark a smaller relative of a listed part: a MIG slice ("A100-SXM4-80GB MIG 3g.40gb"), a laptop
+# chip ("RTX 4090 Laptop GPU"), the cut-down "RTX 4090 D". Their peaks are not the table's.
+_NOT_THE_FULL_PART = frozenset({"mig", "laptop", "mobile", "d"})
+
+
 def lookup(device_name: str) -> HardwareSpec | None:
     """Return the published spec for a CUDA device name, or ``None`` when it is not in the table.
 
     ``device_name`` is what ``torch.cuda.get_device_name()`` returns, e.g. ``"NVIDIA H100 80GB HBM3"``,
     ``"NVIDIA A100-SXM4-40GB"`` or ``"Tesla T4"``.
     """
-    name = device_name.lower().replace("-", " ").replace("_", " ")
-    words = set(name.split())
+    words = set(device_name.lower().replace("-", " ").replace("_", " ").split())
+    if words & _NOT_THE_FULL_PART:
+        return None
     for needles, spec in _TABLE:
-        # One-word needles must be whole words, so "NVIDIA L40S" is not taken for an L4.
-        if all((n in words) if n.isalnum() else (n in name) for n in needles):
+        # Whole words only, so "NVIDIA L40S" is not taken for an L4.
+        if all(n in words for n in needles):
             return spec
     return None

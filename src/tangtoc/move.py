@@ -44,12 +44,13 @@ def _classify(tp: type) -> int:
         return _TENSOR
     if issubclass(tp, nn.Module):
         return _MODULE
-    if issubclass(tp, _ATOM_TYPES):
-        return _ATOM
+    # NumPy before the Python atoms: np.float64 and np.complex128 subclass float and complex.
     if issubclass(tp, np.ndarray):
         return _ARRAY
     if issubclass(tp, np.generic):
         return _NPSCALAR
+    if issubclass(tp, _ATOM_TYPES):
+        return _ATOM
     # Before Mapping: HF's BatchEncoding is a UserDict whose own .to() keeps its encodings.
     if callable(getattr(tp, "to", None)):
         return _HAS_TO
@@ -132,7 +133,13 @@ def _array_to_tensor(arr: np.ndarray) -> torch.Tensor | None:
     """A CPU tensor for a numeric array (sharing memory where PyTorch can), ``None`` for non-numeric ones."""
     if arr.dtype.kind not in _NUMERIC_KINDS:
         return None
-    if not arr.flags.writeable or any(s < 0 for s in arr.strides):
+    if arr.dtype.kind in "fc" and arr.dtype.itemsize > (8 if arr.dtype.kind == "f" else 16):
+        raise TypeError(
+            f"NumPy {arr.dtype} (long double) has no PyTorch dtype; convert it first, e.g. arr.astype(np.float64)."
+        )
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # torch only holds native byte order
+    elif not arr.flags.writeable or any(s < 0 for s in arr.strides):
         arr = arr.copy()  # torch.from_numpy cannot wrap read-only or negatively strided buffers
     return torch.from_numpy(arr)
 
@@ -322,7 +329,8 @@ def fetch(*values: torch.Tensor | Scalar | np.generic) -> tuple[Scalar, ...]:
         offset = 0
         for i, t in zip(idx, tensors, strict=True):
             n = t.element_size()
-            out[i] = packed[offset : offset + n].view(t.dtype).item()
+            # clone(): a slice at an offset not divisible by the dtype's size cannot be viewed as that dtype.
+            out[i] = packed[offset : offset + n].clone().view(t.dtype).item()
             offset += n
     return tuple(out)
 
