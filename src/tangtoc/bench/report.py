@@ -171,6 +171,8 @@ def plot(path: Path, rows: Sequence[Row]) -> None:
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     speed: dict[str, list[tuple[int, float]]] = defaultdict(list)
     bandwidth: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    # Host<->device copies where a GPU was measured; otherwise the bandwidth the small ops reached in memory.
+    bandwidth_suite = "transfer" if any(r.suite == "transfer" and r.measurement for r in rows) else "small-ops"
     for r in rows:
         if r.measurement is None or r.suite not in ("matmul", "small-ops", "transfer"):
             continue
@@ -180,12 +182,18 @@ def plot(path: Path, rows: Sequence[Row]) -> None:
             series[key].append((r.size, r.measurement.median))
         if r.metrics.get("speedup_vs_cpu"):
             speed[key].append((r.size, r.metrics["speedup_vs_cpu"]))
-        if r.metrics.get("gbps") and (r.suite == "transfer" or not any(x.suite == "transfer" for x in rows)):
+        if r.metrics.get("gbps") and r.suite == bandwidth_suite:
             bandwidth[key].append((r.size * (1 if r.suite == "transfer" else 4), r.metrics["gbps"]))
     for ax, data, title, xlabel, ylabel in (
         (ax_t, series, "time per call", "size (n for matmul, elements for ops)", "seconds"),
         (ax_s, speed, "GPU speed-up over CPU", "size", "speed-up (x)"),
-        (ax_b, bandwidth, "bandwidth", "bytes", "GB/s"),
+        (
+            ax_b,
+            bandwidth,
+            f"bandwidth ({'host<->device copies' if bandwidth_suite == 'transfer' else 'small ops'})",
+            "bytes",
+            "GB/s",
+        ),
     ):
         for label, points in sorted(data.items()):
             xs, ys = zip(*sorted(points), strict=True)
