@@ -172,3 +172,16 @@ def test_plot_writes_a_png(tmp_path: Path, with_gpu: bool) -> None:
     path = tmp_path / "b.png"
     report.plot(path, rows)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.cuda
+def test_every_suite_runs_and_checks_on_cuda() -> None:
+    gpu = torch.device("cuda", 0)
+    cfg = BenchConfig(devices=(CPU, gpu), min_time=0.01, max_time=0.05, gpt_size="tiny")
+    cases = kernels.matmul(cfg, (256,)) + kernels.small_ops(cfg, (1000,)) + kernels.transfer(cfg, (1 << 20,))
+    rows = bench.run(cases + loops.residency(cfg) + loops.gpt2(cfg))
+    assert [r.error for r in rows if r.error] == []
+    report.add_speedups(rows)
+    assert {r.suite for r in rows if r.metrics.get("speedup_vs_cpu")} >= {"matmul", "small-ops", "gpt2"}
+    assert all(r.metrics["graphed_us"] > 0 for r in rows if r.suite == "small-ops" and r.device == "cuda:0")
+    assert {r.dtype for r in rows if r.suite == "matmul" and r.device == "cuda:0"} >= {"float32", "bfloat16"}

@@ -145,6 +145,7 @@ _METRIC_NAMES = {
     "tflops": "TFLOP/s",
     "pct_peak": "% of peak",
     "gbps": "GB/s",
+    "graphed_us": "graph-replayed us",
     "speedup_vs_cpu": "x CPU",
     "created_on_device_us": "on-device us",
     "move_over_direct": "move/direct",
