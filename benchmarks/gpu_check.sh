@@ -22,14 +22,16 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
 # Time limits add up to under 8 minutes.
 step nvidia-smi 20 nvidia-smi
 step doctor 30 "$py" -m tangtoc doctor --json
-step pytest-cuda 120 "$py" -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
+step pytest-cuda 100 "$py" -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
 step move-overhead 40 "$py" benchmarks/move_overhead.py --quick --json "$out/move_overhead.json"
-step bench-quick 180 "$py" -m tangtoc bench --json "$out/bench.json" --plot "$out/bench.png"
+step bench-quick 150 "$py" -m tangtoc bench --json "$out/bench.json" --plot "$out/bench.png"
+step advise-check 90 "$py" benchmarks/advise_check.py --json "$out/advise_check.json"
 
 echo
 echo "== tangtoc gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) =="
 grep -m1 -E "passed|failed|error|skipped|deselected" "$out/pytest-cuda.log" | sed 's/^/pytest -m cuda: /'
 grep -E "Verdict" "$out/move-overhead.log" | sed 's/^/move_overhead: /'
+grep -E "Verdict" "$out/advise-check.log" | sed 's/^/advise_check: /'
 "$py" - "$out/bench.json" <<'PY' || true
 import json, sys
 data = json.load(open(sys.argv[1]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tangtoc.models import GPT, GPT_SIZES, MLP, GPTConfig, MLPConfig, gpt_config
+from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES, GPTConfig, MLPConfig, gpt_config, mlp_config
 
 
 def _on_meta(name: str) -> GPT:
@@ -136,3 +136,13 @@ def test_mlp_shapes_and_flops() -> None:
 def test_mlp_config_names_the_bad_field(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MLPConfig(**kwargs)
+
+
+def test_mlp_sizes_by_name() -> None:
+    widths = [mlp_config(name).hidden for name in MLP_SIZES]
+    assert widths == sorted(widths, reverse=True)
+    assert mlp_config("mini", in_features=784).in_features == 784
+    with pytest.raises(ValueError, match=r"unknown MLP size 'huge'; expected one of small, mini, tiny"):
+        mlp_config("huge")
+    with pytest.raises(TypeError, match=r"unknown field\(s\) width"):
+        mlp_config("tiny", width=3)

@@ -4,26 +4,43 @@
     device = tt.pick_device()               # TANGTOC_DEVICE > argument > cuda > mps > xpu > cpu
     batch = tt.to_device(batch, device)     # dicts, lists, namedtuples, dataclasses, NumPy arrays
     loss_v, acc_v = tt.fetch(loss, acc)     # many scalars, one transfer, one sync
+    m = tt.measure(fn, device=device)       # synchronized, warmed up, median and IQR
+    tt.fit(model, loader, steps=1000)       # resumable, preemption-safe, one sync per log interval
 """
 
+from tangtoc.advise import Advice, advise
+from tangtoc.bench import Measurement, measure
+from tangtoc.data import Prefetcher, ResidentLoader
 from tangtoc.device import DeviceInfo, available_devices, describe, pick_device, resolve, synchronize
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, MixedDevicesError, TangtocError
 from tangtoc.move import as_tensor, device_of, fetch, named_tensors, pin, to_cpu, to_device, to_numpy
+from tangtoc.train import CheckpointError, FitResult, NonFiniteLossError, TrainingOutOfMemoryError, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Advice",
+    "CheckpointError",
     "DeviceInfo",
     "DeviceUnavailableError",
+    "FitResult",
     "InvalidDeviceError",
+    "Measurement",
     "MixedDevicesError",
+    "NonFiniteLossError",
+    "Prefetcher",
+    "ResidentLoader",
     "TangtocError",
+    "TrainingOutOfMemoryError",
     "__version__",
+    "advise",
     "as_tensor",
     "available_devices",
     "describe",
     "device_of",
     "fetch",
+    "fit",
+    "measure",
     "named_tensors",
     "pick_device",
     "pin",

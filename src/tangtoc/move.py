@@ -335,6 +335,11 @@ def fetch(*values: torch.Tensor | Scalar | np.generic) -> tuple[Scalar, ...]:
     return tuple(out)
 
 
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``obj`` rebuilt with its own container types, ``fn`` applied to every tensor; everything else is kept."""
+    return _rebuild(obj, lambda x, kind: fn(x) if kind == _TENSOR else x, frozenset())
+
+
 def pin(obj: T) -> T:
     """Put every CPU tensor in ``obj`` in page-locked (pinned) memory, so copies to CUDA can overlap compute.
 

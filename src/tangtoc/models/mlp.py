@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -31,6 +31,30 @@ class MLPConfig:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+_CONFIGS: dict[str, MLPConfig] = {
+    "small": MLPConfig(hidden=512, depth=4),
+    "mini": MLPConfig(hidden=128, depth=2),
+    "tiny": MLPConfig(hidden=32, depth=1),
+}
+MLP_SIZES: tuple[str, ...] = tuple(_CONFIGS)
+
+
+def mlp_config(name: str, **overrides: int) -> MLPConfig:
+    """The named configuration (one of :data:`MLP_SIZES`, all 32 features -> 10 classes), with any field
+    overridden, e.g. ``mlp_config("mini", in_features=784)``."""
+    try:
+        base = _CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown MLP size {name!r}; expected one of {', '.join(MLP_SIZES)}.") from None
+    unknown = set(overrides) - set(base.to_dict())
+    if unknown:
+        raise TypeError(
+            f"mlp_config got unknown field(s) {', '.join(sorted(unknown))}; MLPConfig fields are "
+            f"{', '.join(base.to_dict())}."
+        )
+    return replace(base, **overrides)
 
 
 class MLP(nn.Module):

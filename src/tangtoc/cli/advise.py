@@ -1,0 +1,465 @@
+"""``tangtoc advise [mlp|cnn|gpt]``: should this training run on a GPU? Measured here, predicted for named GPUs.
+
+The workload is a built-in model (``mlp``, ``cnn``, ``gpt`` with ``--size``) or the user's own, from
+``--factory module:function`` (or ``path/to/file.py:function``): a function of no arguments that returns
+``(model, example_batch)`` or ``(model, example_batch, loss_fn)``.
+
+Exit status: 0 advice given, 1 the run failed, 2 usage error (bad flag, a factory that cannot be loaded or
+returns the wrong thing; its own traceback is shown as its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.table import Table
+from rich.text import Text
+from torch import nn
+
+from tangtoc.advise import Advice, Assumptions, advise
+from tangtoc.advise.count import batch_size_of
+from tangtoc.advise.recommend import fmt_duration, fmt_seconds
+from tangtoc.cli.render import console, fmt_bytes, to_json
+from tangtoc.errors import TangtocError
+from tangtoc.hardware import BY_SHORT_NAME
+from tangtoc.models import GPT, GPT_SIZES, MLP, MLPConfig, gpt_config
+from tangtoc.models.cnn import CNN, CNNConfig
+
+MLP_SIZES = {"small": MLPConfig(), "large": MLPConfig(in_features=1024, hidden=4096, out_features=10, depth=4)}
+CNN_SIZES = {"small": CNNConfig(), "large": CNNConfig(channels=(64, 128, 256, 512))}
+DEFAULT_SIZE = {"mlp": "small", "cnn": "small", "gpt": "mini"}
+DEFAULT_BATCH = {"mlp": 64, "cnn": 64, "gpt": 8}
+SIZES = {"mlp": tuple(MLP_SIZES), "cnn": tuple(CNN_SIZES), "gpt": GPT_SIZES}
+
+
+class UsageError(TangtocError, ValueError):
+    """A flag's value or a factory that cannot work; reported with exit status 2."""
+
+
+class FactoryError(UsageError):
+    """The user's factory raised; ``details`` is its traceback, with tangtoc's own frames left out."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    model: nn.Module
+    batch: Any
+    loss_fn: Callable[..., torch.Tensor] | None
+    description: str
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "advise",
+        help="should this training run on a GPU? measured here, predicted for named GPUs",
+        description="Measure a training step (forward, loss, backward, AdamW) on the CPU and every GPU here, with "
+        "the batch copied every step and with the data resident; predict it on named GPUs from counted FLOPs, "
+        "bytes and kernels; and recommend, with the batch size where the answer flips. Workload: a built-in model "
+        "or --factory module:function returning (model, example_batch) or (model, example_batch, loss_fn).",
+    )
+    p.add_argument("model", nargs="?", choices=("mlp", "cnn", "gpt"), help="built-in workload (default mlp)")
+    p.add_argument(
+        "--size",
+        help=f"model size: mlp {'/'.join(MLP_SIZES)}, cnn {'/'.join(CNN_SIZES)}, gpt {'/'.join(GPT_SIZES)} "
+        "(default: small, small, mini; gpt2 is GPT-2 124M and takes minutes per step on a CPU)",
+    )
+    p.add_argument("--batch-size", type=int, help="batch size (default: mlp 64, cnn 64, gpt 8)")
+    p.add_argument("--factory", metavar="MODULE:FUNCTION", help="your workload instead of a built-in one")
+    p.add_argument("--steps", type=int, help="optimizer steps of the whole job (default 1000)")
+    p.add_argument("--epochs", type=float, help="epochs of the whole job (with --dataset-size)")
+    p.add_argument("--dataset-size", type=int, help="samples per epoch (with --epochs)")
+    p.add_argument(
+        "--target",
+        action="append",
+        metavar="GPU",
+        help=f"GPU to predict for (repeatable): {', '.join(BY_SHORT_NAME)}; default: the GPUs here, else h100",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="write everything measured and predicted")
+    p.add_argument("--threads", type=int, help="CPU threads for torch while measuring (default: torch's choice)")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds measured per configuration (default 0.3)")
+    p.add_argument(
+        "--launch-us",
+        type=float,
+        help=f"assumed host time per kernel in microseconds (default {Assumptions().launch_overhead_s * 1e6:g})",
+    )
+    p.set_defaults(run=run)
+
+
+# -- the workload -----------------------------------------------------------------------------------------------
+
+
+def builtin(name: str, size: str | None, batch_size: int | None) -> Workload:
+    """A built-in workload: the model, one batch of synthetic data, and its loss function."""
+    size = size or DEFAULT_SIZE[name]
+    if size not in SIZES[name]:
+        raise UsageError(f"unknown {name} size {size!r}; the sizes are: {', '.join(SIZES[name])}.")
+    b = DEFAULT_BATCH[name] if batch_size is None else batch_size
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if name == "mlp":
+        cfg = MLP_SIZES[size]
+        x = torch.randn(b, cfg.in_features, generator=gen)
+        y = torch.randint(0, cfg.out_features, (b,), generator=gen)
+        return Workload(
+            MLP(cfg),
+            (x, y),
+            F.cross_entropy,
+            f"mlp {size} ({cfg.in_features}-{cfg.hidden}x{cfg.depth}-{cfg.out_features})",
+        )
+    if name == "cnn":
+        ccfg = CNN_SIZES[size]
+        x = torch.randn(b, ccfg.in_channels, ccfg.image_size, ccfg.image_size, generator=gen)
+        y = torch.randint(0, ccfg.classes, (b,), generator=gen)
+        chans = "-".join(map(str, ccfg.channels))
+        return Workload(
+            CNN(ccfg),
+            (x, y),
+            F.cross_entropy,
+            f"cnn {size} ({ccfg.image_size}x{ccfg.image_size} images, channels {chans})",
+        )
+    gcfg = gpt_config(size)
+    idx = torch.randint(0, gcfg.vocab_size, (b, gcfg.block_size + 1), generator=gen)
+    return Workload(GPT(gcfg), (idx[:, :-1], idx[:, 1:]), None, f"gpt {size} (sequence {gcfg.block_size})")
+
+
+def _their_traceback(e: BaseException) -> str:
+    """``e``'s traceback without the frames of this module (the loader), so what is shown is the user's code."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(e), e, tb))
+
+
+def _import(module: str) -> Any:
+    if module.endswith(".py"):
+        path = Path(module)
+        if not path.is_file():
+            raise UsageError(f"--factory: no such file {module!r}.")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:
+            raise FactoryError(
+                f"--factory: importing {module} raised {type(e).__name__}: {e}", _their_traceback(e)
+            ) from None
+        return mod
+    added = os.getcwd() not in sys.path  # `python -m` puts the current folder on the path; the `tangtoc` script not
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module == e.name or module.startswith(e.name + ".")):
+            raise UsageError(
+                f"--factory: cannot import module {module!r} ({e}). Fix: run from the folder that holds it, set "
+                "PYTHONPATH, or give a file path like path/to/file.py:function."
+            ) from None
+        raise FactoryError(
+            f"--factory: importing {module} raised {type(e).__name__}: {e}", _their_traceback(e)
+        ) from None
+    except Exception as e:
+        raise FactoryError(
+            f"--factory: importing {module} raised {type(e).__name__}: {e}", _their_traceback(e)
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+
+
+def load_factory(spec: str) -> Workload:
+    """Call the user's ``module:function`` and check that it returns ``(model, batch[, loss_fn])``."""
+    module, sep, name = spec.rpartition(":")
+    if not sep or not module or not name:
+        raise UsageError(f"--factory must look like module:function or path/to/file.py:function, got {spec!r}.")
+    mod = _import(module)
+    fn = getattr(mod, name, None)
+    if fn is None:
+        found = sorted(k for k, v in vars(mod).items() if callable(v) and not k.startswith("_"))
+        listing = f" It defines: {', '.join(found)}." if found else ""
+        raise UsageError(f"--factory: module {module!r} has no attribute {name!r}.{listing}")
+    if not callable(fn):
+        raise UsageError(f"--factory: {spec} is a {type(fn).__name__}, not a function.")
+    try:
+        made = fn()
+    except Exception as e:
+        raise FactoryError(f"--factory: {spec}() raised {type(e).__name__}: {e}", _their_traceback(e)) from None
+    expected = "expected (model, example_batch) or (model, example_batch, loss_fn)"
+    if not isinstance(made, (tuple, list)) or len(made) not in (2, 3):
+        got = f"a {type(made).__name__}" + (f" of {len(made)}" if isinstance(made, (tuple, list)) else "")
+        raise UsageError(f"--factory: {spec}() returned {got}; {expected}.")
+    model, batch, loss_fn = (*made, None) if len(made) == 2 else made
+    if not isinstance(model, nn.Module):
+        raise UsageError(
+            f"--factory: {spec}() returned a {type(model).__name__} as the model; {expected}, the model "
+            "a torch.nn.Module."
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise UsageError(f"--factory: {spec}()'s loss_fn is a {type(loss_fn).__name__}, not callable; {expected}.")
+    try:
+        batch_size_of(batch)
+    except ValueError as e:
+        raise UsageError(f"--factory: {spec}()'s example batch: {e}") from None
+    return Workload(model, batch, loss_fn, f"{spec} ({type(model).__name__})")
+
+
+# -- rendering --------------------------------------------------------------------------------------------------
+
+
+def _job(advice: Advice, step_s: float) -> str:
+    s = advice.job_s(step_s)
+    return fmt_duration(s) if s is not None else "-"
+
+
+def _si(x: float, unit: str) -> str:
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def _measured_table(advice: Advice) -> Table:
+    t = Table(
+        title="Measured here (median seconds per training step: forward, loss, backward, optimizer)",
+        title_justify="left",
+    )
+    for col in ("device", "hardware", "precision", "data", "batch", "per step", "runs", "IQR/med", "job"):
+        t.add_column(col, justify="right" if col in ("batch", "per step", "runs", "IQR/med", "job") else "left")
+    t.add_column("note")
+    for m in advice.measured:
+        cpu = m.device == "cpu"
+        note = "for the CPU's fit a + b x batch" if m.batch_size != advice.batch_size else ""
+        remark = Text(note)
+        if m.measurement.warning:
+            remark.append((" " if note else "") + "(noisy)", style="yellow")
+        t.add_row(
+            m.device,
+            m.hardware,
+            m.precision,
+            "-" if cpu else ("copied every step" if m.data == "copied" else "resident"),
+            str(m.batch_size),
+            fmt_seconds(m.step_s),
+            str(m.measurement.runs),
+            f"{m.measurement.spread:.0%}" if m.measurement.runs > 1 else "-",
+            _job(advice, m.step_s) if m.batch_size == advice.batch_size else "-",
+            remark,
+        )
+    return t
+
+
+def _predicted_table(advice: Advice) -> Table:
+    t = Table(
+        title="Predicted, not measured (roofline + launch overhead from the counted step; assumptions below)",
+        title_justify="left",
+    )
+    for col in (
+        "target",
+        "precision",
+        "copied every step",
+        "resident",
+        "limited by",
+        "job (copied)",
+        "job (resident)",
+        "kernels",
+        "FLOPs",
+        "bytes",
+    ):
+        t.add_column(col, justify="left" if col in ("target", "precision", "limited by") else "right")
+    for p in advice.predicted:
+        t.add_row(
+            p.target,
+            p.precision,
+            fmt_seconds(p.copied_s),
+            fmt_seconds(p.resident_s),
+            p.limited_by,
+            _job(advice, p.copied_s),
+            _job(advice, p.resident_s),
+            str(p.kernels),
+            _si(p.flops, "FLOP"),
+            fmt_bytes(p.bytes),
+        )
+    return t
+
+
+def _render(advice: Advice, workload: Workload) -> None:
+    out = console()
+    params = sum(p.numel() for p in workload.model.parameters())
+    out.print(
+        f"tangtoc advise: {workload.description}, {params:,} parameters, batch {advice.batch_size}; "
+        f"job: {advice.job or 'not given (per-step times only)'}",
+        markup=False,
+    )
+    m = advice.machine
+    gpus = ", ".join(f"{k} ({v})" for k, v in m["accelerators"].items()) or "none"
+    out.print(
+        f"here: {m['cpu_model']} ({m['cpu_cores']} cores, {m['torch_threads']} torch thread"
+        f"{'s' if m['torch_threads'] != 1 else ''}), torch {m['torch']}; "
+        f"GPUs: {gpus}",
+        markup=False,
+    )
+    out.print(_measured_table(advice))
+    if advice.predicted:
+        out.print(_predicted_table(advice))
+    if advice.checks:
+        t = Table(title="The prediction checked on the GPU here", title_justify="left")
+        for col in ("device", "precision", "data", "predicted", "measured", "predicted/measured"):
+            t.add_column(col)
+        for c in advice.checks:
+            t.add_row(
+                c.device, c.precision, c.data, fmt_seconds(c.predicted_s), fmt_seconds(c.measured_s), f"{c.ratio:.2f}"
+            )
+        out.print(t)
+    if advice.count is not None:
+        c = advice.count
+        out.print(
+            f"Counted per step (fp32, batch {c.batch_size}, on fake tensors: shapes only): {_si(c.flops, 'FLOP')}, "
+            f"{fmt_bytes(c.bytes)} read and written, {c.kernels} kernels; each batch copy moves "
+            f"{fmt_bytes(c.batch_bytes)} in {c.batch_tensors} tensor(s).",
+            markup=False,
+        )
+    if advice.crossover is not None:
+        x, fit = advice.crossover, advice.cpu_fit
+        t = Table(title="Where the answer flips", title_justify="left")
+        for col in ("batch", "CPU per step", "GPU per step", "faster"):
+            t.add_column(col, justify="right")
+        for b, c, g in x.points:
+            t.add_row(str(b), fmt_seconds(c), fmt_seconds(g), "GPU" if g < c else "CPU")
+        out.print(t)
+        fixed = f"{fmt_seconds(fit.fixed_s)} + " if fit.fixed_s > 0 else ""
+        out.print(
+            f"  CPU: {fixed}{fmt_seconds(fit.per_sample_s)} x batch, fitted to the measured "
+            f"batches {' and '.join(str(b) for b, _ in fit.points)}; GPU: {x.gpu_how} from a count at each batch "
+            "size, fp32, batch copied every step.",
+            markup=False,
+        )
+    out.print()
+    out.print(Text("Recommendation: ", style="bold") + Text(advice.recommendation))
+    if advice.changes:
+        out.print("What to change first:" if advice.verdict.startswith("gpu") else "On a GPU, change first:")
+        for i, change in enumerate(advice.changes, 1):
+            out.print(f"  {i}. {change}", markup=False)
+    if advice.predicted:
+        first = advice.predicted[0]
+        out.print("Assumptions of the predictions:")
+        for line in first.assumptions:
+            out.print(f"  - {line}", markup=False)
+        sources = dict.fromkeys(f"{p.hardware}: {p.source}" for p in advice.predicted)
+        out.print("Peak rates from:", markup=False)
+        for s in sources:
+            out.print(f"  - {s}", markup=False)
+    for note in advice.notes:
+        out.print(f"Note: {note}", markup=False)
+    noisy = sum(1 for m in advice.measured if m.measurement.warning)
+    if noisy:
+        out.print(
+            f"{noisy} measurement(s) marked (noisy): their IQR exceeds 10% of the median; another process may be "
+            "using this machine. Rerun, or try --threads 1.",
+            markup=False,
+        )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.factory and (args.model or args.size or args.batch_size):
+        raise UsageError("--factory replaces the built-in model; drop the model name, --size and --batch-size.")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.steps is not None and (args.epochs is not None or args.dataset_size is not None):
+        raise UsageError("give either --steps, or --epochs with --dataset-size, not both.")
+    if (args.epochs is None) != (args.dataset_size is None):
+        raise UsageError("--epochs and --dataset-size go together: the job is epochs x dataset-size / batch steps.")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}.")
+    if args.epochs is not None and (args.epochs <= 0 or args.dataset_size < 1):
+        raise UsageError(f"--epochs must be > 0 and --dataset-size >= 1, got {args.epochs} and {args.dataset_size}.")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}.")
+    if args.min_time <= 0:
+        raise UsageError(f"--min-time must be positive, got {args.min_time}.")
+    if args.launch_us is not None and args.launch_us < 0:
+        raise UsageError(f"--launch-us must be >= 0, got {args.launch_us}.")
+    for target in args.target or ():
+        if target.lower() not in BY_SHORT_NAME and target.lower() != "auto":
+            raise UsageError(f"unknown --target {target!r}; known: auto, {', '.join(BY_SHORT_NAME)}.")
+    if args.json is not None:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.json, "a"):
+                pass
+        except OSError as e:
+            raise UsageError(f"cannot write {args.json}: {e.strerror}. Choose a writable path.") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    err = console(stderr=True)
+    try:
+        _check_args(args)
+        workload = (
+            load_factory(args.factory) if args.factory else builtin(args.model or "mlp", args.size, args.batch_size)
+        )
+    except FactoryError as e:
+        err.print(f"tangtoc advise: error: {e}", markup=False)
+        if e.details:
+            err.print("Traceback from your code:", markup=False)
+            err.print(e.details.rstrip(), markup=False, highlight=False)
+        return 2
+    except UsageError as e:
+        err.print(f"tangtoc advise: error: {e}", markup=False)
+        return 2
+    steps = args.steps if args.steps is not None or args.epochs is not None else 1000
+    assumptions = Assumptions()
+    if args.launch_us is not None:
+        assumptions = replace(assumptions, launch_overhead_s=args.launch_us * 1e-6)
+    with err.status("starting") as status:
+        try:
+            advice = advise(
+                workload.model,
+                workload.batch,
+                loss_fn=workload.loss_fn,
+                steps=steps if args.epochs is None else None,
+                epochs=args.epochs,
+                dataset_size=args.dataset_size,
+                targets=tuple(args.target or ("auto",)),
+                assumptions=assumptions,
+                min_time=args.min_time,
+                max_time=max(3.0, 10 * args.min_time),
+                threads=args.threads,
+                progress=lambda msg: status.update(msg),
+            )
+        except (ValueError, TypeError) as e:
+            # The workload does not train as given (a loss that is not a scalar, a batch the model refuses).
+            err.print(f"tangtoc advise: error: {e}", markup=False)
+            return 2
+        except RuntimeError as e:
+            if isinstance(e, TangtocError):
+                raise
+            # PyTorch's own errors from the user's step (shapes that do not multiply, out of memory): the run failed.
+            err.print(f"tangtoc advise: error: a training step of {workload.description} failed: {e}", markup=False)
+            return 1
+    _render(advice, workload)
+    if args.json:
+        data = {
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+            "workload": workload.description,
+            "advice": advice.to_dict(),
+        }
+        args.json.write_text(to_json(data) + "\n")
+        console().print(f"wrote {args.json}", markup=False)
+    return 0

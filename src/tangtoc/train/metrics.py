@@ -1,0 +1,198 @@
+"""What fit() reports, and where: rates per log interval, a JSONL log, a loss-curve PNG, a progress bar.
+
+Everything here runs on the host with numbers that were already fetched: nothing in this module reads a tensor.
+Units are in the key names (``_s`` seconds, ``_per_s`` per second, ``_bytes`` bytes); MFU is a fraction (0..1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+Record = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Interval:
+    """Work done since the last log: counted on the host from batch shapes, never read from the device."""
+
+    steps: int = 0
+    samples: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+
+    def add(self, other: Interval) -> None:
+        self.steps += other.steps
+        self.samples += other.samples
+        self.tokens += other.tokens
+        self.flops += other.flops
+
+    def take(self) -> Interval:
+        """A copy of the counts, then zero them (in place: the hot loop holds a reference to this object)."""
+        taken = Interval(self.steps, self.samples, self.tokens, self.flops)
+        self.steps = self.samples = self.tokens = 0
+        self.flops = 0.0
+        return taken
+
+
+@dataclass(slots=True)
+class Stopwatch:
+    """Wall time between log points. The clock is read here and only here; ``clock`` is injectable."""
+
+    clock: Callable[[], float] = time.perf_counter
+    start: float = field(default=0.0)
+    last: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.start = self.last = self.clock()
+
+    def lap(self) -> tuple[float, float]:
+        """(seconds since the previous lap, seconds since the start)."""
+        now = self.clock()
+        lap, self.last = now - self.last, now
+        return lap, now - self.start
+
+
+def rates(work: Interval, seconds: float, peak_flops: float | None) -> Record:
+    """Step time, samples/s, tokens/s (when the batches are token ids) and MFU (when the model declares its
+    FLOPs and the device's peak is known; omitted otherwise, never guessed)."""
+    if seconds <= 0 or work.steps == 0:
+        return {}
+    out: Record = {"step_time_s": seconds / work.steps, "samples_per_s": work.samples / seconds}
+    if work.tokens:
+        out["tokens_per_s"] = work.tokens / seconds
+    if work.flops and peak_flops:
+        out["mfu"] = work.flops / seconds / peak_flops
+    return out
+
+
+class MetricsLog:
+    """One JSON object per line in ``path``; ``None`` keeps records in memory only (:attr:`records`).
+
+    When a run resumes at ``resume_step``, records after that step (written by the run that was killed after
+    its last checkpoint) are dropped, so the log reads as one uninterrupted run. A fresh run starts a new file.
+    """
+
+    def __init__(self, path: Path | None, resume_step: int | None) -> None:
+        self.path = path
+        self.records: list[Record] = []
+        self._file = None
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and path.exists():
+            kept = [r for r in _read_jsonl(path) if r.get("step", 0) <= resume_step]
+            self.records = kept
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, path)
+            self._file = path.open("a")
+        else:
+            self._file = path.open("w")
+
+    def write(self, record: Record) -> None:
+        self.records.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()  # a killed run keeps every record up to its last log point
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: everything after it is not trustworthy either
+    return out
+
+
+def plot_loss(records: Sequence[Record], path: Path) -> Path | None:
+    """Draw training (and evaluation) loss against the step into a PNG; ``None`` when matplotlib is missing or
+    there is nothing to draw. Uses a figure object and its Agg canvas directly, so pyplot's global state and
+    the user's backend are left alone."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and _finite(r.get("loss"))]
+    evals = [(r["step"], r["eval_loss"]) for r in records if r.get("kind") == "eval" and _finite(r.get("eval_loss"))]
+    if not train and not evals:
+        return None
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss (mean over each log interval)")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+class ProgressBar:
+    """A rich progress bar on stderr, redrawn at log points only; shown only when stderr is a terminal."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        console = Console(stderr=True)
+        self._progress = None
+        if enabled and console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self._task = self._progress.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self) -> ProgressBar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def update(self, step: int, record: Record) -> None:
+        if self._progress is None:
+            return
+        parts = [f"loss {record['loss']:.4f}"] if "loss" in record else []
+        if "tokens_per_s" in record:
+            parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
+        elif "samples_per_s" in record:
+            parts.append(f"{record['samples_per_s']:,.0f} samples/s")
+        if "mfu" in record:
+            parts.append(f"MFU {record['mfu']:.1%}")
+        self._progress.update(self._task, completed=step, info=" | ".join(parts))
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()

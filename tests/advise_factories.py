@@ -1,0 +1,60 @@
+"""Workload factories for `tangtoc advise --factory` tests: one that works, and each way one can be wrong."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def good() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], object]:
+    return _tiny(), (torch.randn(16, 8), torch.randint(0, 3, (16,))), F.cross_entropy
+
+
+def good_without_loss() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    class WithLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _tiny()
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self.net(x), y)
+
+    return WithLoss(), (torch.randn(16, 8), torch.randint(0, 3, (16,)))
+
+
+def _load_weights() -> None:
+    raise FileNotFoundError("weights.pt not found (simulated)")
+
+
+def raises() -> tuple[nn.Module, torch.Tensor]:
+    _load_weights()
+    return _tiny(), torch.randn(4, 8)
+
+
+def returns_model_only() -> nn.Module:
+    return _tiny()
+
+
+def returns_three_wrong() -> tuple[object, torch.Tensor]:
+    return "not a model", torch.randn(4, 8)
+
+
+def returns_batch_without_tensors() -> tuple[nn.Module, list[str]]:
+    return _tiny(), ["a", "b"]
+
+
+def loss_not_scalar() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], object]:
+    return _tiny(), (torch.randn(4, 8), torch.randint(0, 3, (4,))), lambda out, y: out  # the logits, not a loss
+
+
+def shapes_do_not_multiply() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], object]:
+    return _tiny(), (torch.randn(4, 5), torch.randint(0, 3, (4,))), F.cross_entropy  # the model takes 8 features
+
+
+NOT_A_FUNCTION = 42

@@ -1,0 +1,122 @@
+"""`tangtoc advise` as a user runs it: a factory that cannot be loaded gives a clear message and exit 2; a run
+prints measured and predicted numbers and a recommendation, and writes JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tangtoc.cli import main
+
+HERE = Path(__file__).parent
+FAST = ["--min-time", "0.01", "--threads", "1"]
+
+
+@pytest.fixture
+def factories_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("no_such_module_xyz:make", r"cannot import module 'no_such_module_xyz' \(No module named"),
+        ("advise_factories", "--factory must look like module:function"),
+        ("advise_factories:missing", r"module 'advise_factories' has no attribute 'missing'\. It defines: .*good"),
+        ("advise_factories:NOT_A_FUNCTION", "advise_factories:NOT_A_FUNCTION is a int, not a function"),
+        ("advise_factories:returns_model_only", r"returned a Sequential; expected \(model, example_batch\) or"),
+        ("advise_factories:returns_three_wrong", "returned a str as the model"),
+        ("advise_factories:returns_batch_without_tensors", "example batch: the example batch holds no tensor"),
+        ("advise_factories:loss_not_scalar", "loss_fn must return the loss as a one-element tensor"),
+    ],
+)
+@pytest.mark.usefixtures("factories_on_path")
+def test_factory_errors_are_usage_errors(factory: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["advise", "--factory", factory, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.usefixtures("factories_on_path")
+def test_a_factory_that_raises_shows_its_own_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["advise", "--factory", "advise_factories:raises"]) == 2
+    err = capsys.readouterr().err
+    assert "--factory: advise_factories:raises() raised FileNotFoundError: weights.pt not found (simulated)" in err
+    assert "Traceback from your code:" in err
+    assert "in raises" in err and "in _load_weights" in err  # their frames...
+    assert "cli/advise.py" not in err  # ...not tangtoc's loader
+
+
+@pytest.mark.usefixtures("factories_on_path")
+def test_a_step_that_fails_is_a_failed_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["advise", "--factory", "advise_factories:shapes_do_not_multiply", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "a training step of advise_factories:shapes_do_not_multiply (Sequential) failed" in err
+    assert "cannot be multiplied" in err and "Traceback" not in err
+
+
+def test_a_module_that_fails_on_import_shows_its_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "broken_workload.py"
+    script.write_text("import torch\nraise RuntimeError('boom at import')\n")
+    assert main(["advise", "--factory", f"{script}:make"]) == 2
+    err = capsys.readouterr().err
+    assert "importing" in err and "raised RuntimeError: boom at import" in err
+    assert "broken_workload.py" in err and "Traceback from your code:" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "10", "--epochs", "1", "--dataset-size", "100"], "give either --steps, or --epochs"),
+        (["--epochs", "2"], "--epochs and --dataset-size go together"),
+        (["--target", "h1000"], r"unknown --target 'h1000'; known: auto, a100"),
+        (["--size", "huge"], "unknown mlp size 'huge'; the sizes are: small, large"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--factory", "x:y", "gpt"], "--factory replaces the built-in model"),
+        (["--json", "/proc/no/such/dir/a.json"], "cannot write /proc/no/such/dir/a.json"),
+        (["--factory", "no/such/file.py:make"], "no such file 'no/such/file.py'"),
+    ],
+)
+def test_bad_flags_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["advise", *argv]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_a_builtin_run_prints_measured_predicted_and_a_recommendation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_json = tmp_path / "advice.json"
+    argv = ["advise", "cnn", "--batch-size", "4", "--target", "t4", "--steps", "100", "--json", str(out_json), *FAST]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for text in (
+        "Measured here",
+        "Predicted, not measured",
+        "Recommendation:",
+        "Where the answer flips",
+        "Assumptions of the predictions:",
+        "NVIDIA T4 Tensor Core GPU datasheet",
+        "fp16",
+    ):
+        assert text in out, text
+    data = json.loads(out_json.read_text())
+    advice = data["advice"]
+    assert advice["verdict"] in ("cpu", "gpu", "gpu-with-changes")
+    assert advice["job_steps"] == 100 and advice["batch_size"] == 4
+    assert {p["target"] for p in advice["predicted"]} == {"t4"}
+    assert advice["measured"][0]["device"] == "cpu"
+
+
+@pytest.mark.usefixtures("factories_on_path")
+@pytest.mark.parametrize("factory", ["advise_factories:good", "advise_factories:good_without_loss"])
+def test_a_user_factory_is_advised(factory: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["advise", "--factory", factory, "--epochs", "1", "--dataset-size", "1600", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert f"tangtoc advise: {factory}" in out and "1 epochs x 1,600 samples / batch 16 = 100 steps" in out
+    assert "Recommendation:" in out

@@ -1,0 +1,156 @@
+"""tangtoc.train.checkpoint and resume: atomic files, the last K kept, unsafe or damaged files refused."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from tangtoc.data import ResidentLoader, synthetic_classification
+from tangtoc.models import MLP, MLPConfig
+from tangtoc.train import CheckpointError, fit, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from tangtoc.train.checkpoint import rng_state, set_rng_state
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _state(step: int) -> dict[str, object]:
+    return {"step": step, "model": {"w": torch.full((3,), float(step))}, "optimizer": {}, "rng": {}, "data": {}}
+
+
+def test_save_is_atomic_and_keeps_the_last_k(tmp_path: Path) -> None:
+    (tmp_path / ".step-abandoned.tmp").write_bytes(b"half a checkpoint from a killed run")
+    for step in (10, 20, 30, 40):
+        save_checkpoint(_state(step), tmp_path, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000030.pt", "step-00000040.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000030.pt", "step-00000040.pt"]  # no .tmp left
+    loaded = load_checkpoint(latest_checkpoint(tmp_path))  # type: ignore[arg-type]
+    assert loaded["step"] == 40 and torch.equal(loaded["model"]["w"], torch.full((3,), 40.0))
+
+
+def test_newest_is_chosen_by_step_not_by_name_order(tmp_path: Path) -> None:
+    for step in (9, 100_000_000, 10):
+        save_checkpoint(_state(step), tmp_path, keep_last=5)
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-100000000.pt"
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_truncated_checkpoint_is_rejected_clearly(tmp_path: Path) -> None:
+    path = save_checkpoint(_state(5), tmp_path, keep_last=1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        CheckpointError, match=r"cannot read checkpoint .*step-00000005\.pt: the file is truncated or corrupt"
+    ):
+        load_checkpoint(path)
+
+
+class _RunsCode:
+    """An object whose unpickling would call os.mkdir: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.target),))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    sentinel = tmp_path / "code-ran"
+    path = tmp_path / "step-00000001.pt"
+    state = _state(1) | {"format": "tangtoc.checkpoint", "version": 1, "extra": _RunsCode(sentinel)}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"refused to load .*could run code .*weights_only=True"):
+        load_checkpoint(path)
+    assert not sentinel.exists()
+
+
+def test_other_files_are_not_checkpoints(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(2)}, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match=r"is not a tangtoc checkpoint"):
+        load_checkpoint(tmp_path / "weights.pt")
+    torch.save({"format": "tangtoc.checkpoint", "version": 1, "step": 1}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match=r"lacks model, optimizer, rng, data"):
+        load_checkpoint(tmp_path / "partial.pt")
+
+
+def test_rng_states_round_trip_through_a_safe_load(tmp_path: Path) -> None:
+    device = torch.device("cpu")
+    torch.save(rng_state(device), tmp_path / "rng.pt")
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.rand(5), random.random(), np.random.rand()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), device)
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+
+
+def _train(steps: int, directory: Path) -> MLP:
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(in_features=8, hidden=16, out_features=3))
+    x, y = synthetic_classification(100, features=8, classes=3)
+    loader = ResidentLoader(x, y, batch_size=16, seed=2, device="cpu")  # 7 batches: crosses epoch boundaries
+    fit(
+        model,
+        loader,
+        loss_fn=F.cross_entropy,
+        steps=steps,
+        checkpoint_dir=directory,
+        checkpoint_every=5,
+        progress=False,
+        device="cpu",
+    )
+    return model
+
+
+def test_resume_in_process_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    straight = _train(20, tmp_path / "straight")
+    _train(10, tmp_path / "split")
+    resumed = _train(20, tmp_path / "split")
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert load_checkpoint(latest_checkpoint(tmp_path / "split"))["step"] == 20  # type: ignore[arg-type]
+
+
+def test_resume_into_another_model_or_afresh_into_a_used_folder_is_refused(tmp_path: Path) -> None:
+    _train(5, tmp_path)
+    other = MLP(MLPConfig(in_features=8, hidden=32, out_features=3))
+    x, y = synthetic_classification(32, features=8, classes=3)
+    with pytest.raises(CheckpointError, match=r"does not match this model or optimizer: .*size mismatch for net"):
+        fit(other, [(x, y)], loss_fn=F.cross_entropy, steps=10, checkpoint_dir=tmp_path, progress=False, device="cpu")
+    with pytest.raises(ValueError, match=r"resume=False, but checkpoint_dir already holds .*step-00000005\.pt"):
+        fit(
+            other,
+            [(x, y)],
+            loss_fn=F.cross_entropy,
+            steps=2,
+            checkpoint_dir=tmp_path,
+            resume=False,
+            progress=False,
+            device="cpu",
+        )
+
+
+def test_resume_truncates_the_metrics_log_to_the_checkpoint(tmp_path: Path) -> None:
+    _train(10, tmp_path)  # logs at steps 5 and 10: a checkpoint step is also a log point
+    (tmp_path / "step-00000010.pt").unlink()  # as if killed after logging step 10 but before its checkpoint
+    _train(12, tmp_path)
+    steps = [r["step"] for r in load_jsonl(tmp_path / "metrics.jsonl")]
+    assert steps == [5, 10, 12]
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
