@@ -209,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
     out = console()
     names = ", ".join(f"{d} ({cfg.infos[str(d)].name})" for d in cfg.devices)
     out.print(
-        f"tangtoc bench on {names}; torch {torch.__version__}, {cfg.threads or torch.get_num_threads()} CPU threads", markup=False
+        f"tangtoc bench on {names}; torch {torch.__version__}, {cfg.threads or torch.get_num_threads()} CPU threads",
+        markup=False,
     )
     if not cfg.accelerators:
         out.print("No GPU present: the CPU is measured alone, and GPU comparisons are reported as not measured.")
