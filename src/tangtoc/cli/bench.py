@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     out = console()
     names = ", ".join(f"{d} ({cfg.infos[str(d)].name})" for d in cfg.devices)
     out.print(
-        f"tangtoc bench on {names}; torch {torch.__version__}, {cfg.threads or torch.get_num_threads()} CPU threads",
+        f"tangtoc bench on {names}; torch {torch.__version__}, CPU threads: {cfg.threads or torch.get_num_threads()}",
         markup=False,
     )
     if not cfg.accelerators:
