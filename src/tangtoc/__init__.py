@@ -12,6 +12,7 @@ from tangtoc.advise import Advice, advise
 from tangtoc.bench import Measurement, measure
 from tangtoc.data import Prefetcher, ResidentLoader
 from tangtoc.device import DeviceInfo, available_devices, describe, pick_device, resolve, synchronize
+from tangtoc.diagnose import DeviceMismatchError, DeviceReport, audit, check_devices, device_guard, explain
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, MixedDevicesError, TangtocError
 from tangtoc.move import as_tensor, device_of, fetch, named_tensors, pin, to_cpu, to_device, to_numpy
 from tangtoc.train import CheckpointError, FitResult, NonFiniteLossError, TrainingOutOfMemoryError, fit
@@ -22,6 +23,8 @@ __all__ = [
     "Advice",
     "CheckpointError",
     "DeviceInfo",
+    "DeviceMismatchError",
+    "DeviceReport",
     "DeviceUnavailableError",
     "FitResult",
     "InvalidDeviceError",
@@ -35,9 +38,13 @@ __all__ = [
     "__version__",
     "advise",
     "as_tensor",
+    "audit",
     "available_devices",
+    "check_devices",
     "describe",
+    "device_guard",
     "device_of",
+    "explain",
     "fetch",
     "fit",
     "measure",

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from tangtoc import __version__
-from tangtoc.cli import advise, bench, doctor, train
+from tangtoc.cli import advise, audit, bench, doctor, train
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, TangtocError
 
-COMMANDS = (doctor, bench, train, advise)
+COMMANDS = (doctor, bench, train, advise, audit)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 

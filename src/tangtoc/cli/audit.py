@@ -1,0 +1,219 @@
+"""``tangtoc audit SCRIPT [ARGS...] --steps N [--json FILE]``: run a training script unmodified and report, per
+step, its host-device synchronizations, cross-device copies and CPU-born tensors, each at its file:line.
+
+The script runs as ``python SCRIPT ARGS...`` would run it (``sys.argv``, ``__main__``, the script's folder
+first on ``sys.path``) and stops cleanly after N optimizer steps. Exit status: the script's own (0 when it
+was stopped after N steps), 1 when it raised or had no steps to audit, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+from types import TracebackType
+
+from rich.console import Console
+
+from tangtoc.cli.render import console, fmt_bytes, to_json
+from tangtoc.diagnose.audit import Audit
+from tangtoc.diagnose.audit_report import (
+    COPY_LATENCY_SECONDS,
+    PAGEABLE_BYTES_PER_SECOND,
+    SYNC_SECONDS,
+    AuditReport,
+)
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+DEFAULT_STEPS = 10
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="run a training script and find its hidden syncs, copies and CPU-born tensors, per step",
+        description="Run SCRIPT as `python SCRIPT ARGS...` would, stop after N optimizer steps, and list every "
+        "host-device synchronization, cross-device copy and tensor created on the CPU inside a step, at its "
+        "file:line, ranked by estimated cost. On a CPU-only machine it lists what would sync or copy on a GPU.",
+        epilog="--steps and --json may come before SCRIPT or after its arguments. When they come before SCRIPT, "
+        "everything after SCRIPT goes to the script unchanged, its own --steps included: "
+        "tangtoc audit --steps 5 train.py --steps 100. "
+        "Exit status: the script's own; 1 when it raised or had no steps; 2 for a usage error.",
+    )
+    p.add_argument("script", metavar="SCRIPT", help="the training script")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
+    p.add_argument("--steps", type=int, metavar="N", help=f"stop after N optimizer steps (default {DEFAULT_STEPS})")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    p.set_defaults(run=run)
+
+
+def _own_options(args: argparse.Namespace) -> tuple[int, str | None, list[str]] | str:
+    """(steps, JSON file, the script's arguments), or a usage error.
+
+    tangtoc's options given before SCRIPT leave everything after it to the script, verbatim. Otherwise
+    ``--steps N`` and ``--json FILE`` after SCRIPT are tangtoc's (the usage line's form) and the rest, in
+    order, the script's.
+    """
+    steps: object = args.steps
+    json_file = args.json
+    script_args: list[str] = []
+    rest = list(args.script_args)
+    if steps is not None or json_file is not None:
+        script_args, rest = rest, []
+    i = 0
+    while i < len(rest):
+        name, eq, value = rest[i].partition("=")
+        if name in ("--steps", "--json"):
+            if not eq:
+                if i + 1 >= len(rest):
+                    return f"{name} needs a value"
+                i += 1
+                value = rest[i]
+            if name == "--steps":
+                steps = value
+            else:
+                json_file = value
+        else:
+            script_args.append(rest[i])
+        i += 1
+    try:
+        n = DEFAULT_STEPS if steps is None else int(str(steps))
+    except ValueError:
+        return f"--steps takes a whole number of steps, got {steps!r}"
+    if n < 1:
+        return f"--steps must be at least 1, got {n}"
+    return n, json_file, script_args
+
+
+def _user_traceback(tb: TracebackType | None, script: str) -> TracebackType | None:
+    """``tb`` from the script's first frame on: tangtoc's and runpy's frames are not the user's."""
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != script:
+        tb = tb.tb_next
+    return tb
+
+
+def _exit_code(code: object) -> int:
+    """What `python SCRIPT` exits with for ``sys.exit(code)``."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _run_script(path: Path, script_args: list[str], audit: Audit) -> tuple[int, bool]:
+    """Run the script under ``audit`` as `python` would: its exit status, and whether it raised (traceback shown)."""
+    script = str(path)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [script, *script_args]
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        with audit:
+            runpy.run_path(script, run_name="__main__")
+        return 0, False
+    except SystemExit as e:
+        return _exit_code(e.code), False
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # the script's own error: shown as `python SCRIPT` would show it
+        traceback.print_exception(type(e), e, _user_traceback(e.__traceback__, str(path.resolve())))
+        return EXIT_FAILED, True
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+
+
+def run(args: argparse.Namespace) -> int:
+    err = console(stderr=True)
+    options = _own_options(args)
+    if isinstance(options, str):
+        _say(err, f"tangtoc audit: error: {options}")
+        return EXIT_USAGE
+    steps, json_file, script_args = options
+    path = Path(args.script)
+    if not path.is_file():
+        _say(
+            err,
+            f"tangtoc audit: error: no such file: {args.script!r}. Give the path of a Python script, as you would "
+            "to `python`.",
+        )
+        return EXIT_USAGE
+    try:
+        compile(path.read_bytes(), str(path), "exec")
+    except SyntaxError as e:
+        _say(err, f"tangtoc audit: {path} has a syntax error, so nothing was run:")
+        print("".join(traceback.format_exception_only(type(e), e)), end="", file=sys.stderr)
+        return EXIT_FAILED
+    audit = Audit(steps)
+    status, raised = _run_script(path, script_args, audit)
+    report = audit.report()
+    _render(report, str(path), steps)
+    if json_file:
+        Path(json_file).write_text(to_json(report.to_dict()) + "\n")
+        _say(console(), f"JSON report written to {json_file}")
+    if report.step_source is None:
+        _say(
+            err,
+            f"tangtoc audit: {path} finished without calling optimizer.step(), so there were no steps to audit "
+            "(the findings above cover the whole run). To audit per step, mark the end of each step in your loop: "
+            "`from tangtoc.diagnose import mark_step` then `mark_step()` at the end of each iteration.",
+        )
+        return status or EXIT_FAILED
+    if raised and report.steps:
+        _say(err, f"tangtoc audit: the report covers the {len(report.steps)} step(s) before the error.")
+    return status
+
+
+def _say(where: Console, text: str) -> None:
+    """Print ``text`` as is: no markup (code has brackets), no wrapping (file:line and code stay on one line)."""
+    where.print(text, markup=False, soft_wrap=True)
+
+
+def _render(report: AuditReport, script: str, asked: int) -> None:
+    out = console()
+    n = len(report.steps)
+    source = f"steps end at {report.step_source}" if report.step_source else "no steps: the whole run"
+    ended = "" if report.stopped or not report.step_source else f"; the script ended after {n} of {asked} steps"
+    _say(out, f"tangtoc audit: {script}: {n} step(s) ({source}{ended}); model on {report.device}")
+    if report.cpu_only:
+        _say(
+            out,
+            "No GPU in use: nothing waited and nothing moved here. Listed are the lines that would synchronize or "
+            "copy on a GPU, and the tensors that would be born on the CPU.",
+        )
+    if not report.findings:
+        out.print("[green]No syncs, copies or CPU-born tensors found in the audited steps.[/green]")
+    per = max(n, 1)
+    for i, f in enumerate(report.findings, 1):
+        where = f"{f.location}" if f.location else "(no Python caller: autograd or C++)"
+        code = f.location.code if f.location else ""
+        size = f", {fmt_bytes(f.bytes / per)}/step" if f.bytes and f.kind != "sync" else ""
+        once = " (first step only: set-up)" if n > 1 and f.steps_seen == 1 else ""
+        _say(out, f"{i:>2}. {where}  {code}")
+        _say(
+            out,
+            f"    {f.op} — {f.detail}; {f.count / per:.1f}×/step{size}, ~{f.seconds_per_step * 1e6:.0f} µs/step{once}",
+        )
+        _say(out, f"    why: {f.why}")
+        _say(out, f"    fix: {f.fix}")
+    if report.steps:
+        _say(
+            out,
+            "per step: "
+            + " | ".join(
+                f"{s.index}: {s.syncs} sync, {s.copies} copy ({fmt_bytes(s.copy_bytes)}), {s.cpu_tensors} CPU-born"
+                for s in report.steps
+            ),
+        )
+    if report.events_after_last_step:
+        _say(out, f"({report.events_after_last_step} event(s) after the last step were not counted.)")
+    _say(
+        out,
+        f"µs/step are estimates to rank the findings, not measurements: a sync {SYNC_SECONDS * 1e6:.0f} µs, a copy "
+        f"{COPY_LATENCY_SECONDS * 1e6:.0f} µs + bytes at {PAGEABLE_BYTES_PER_SECOND / 1e9:.0f} GB/s (pageable). "
+        "Not seen: other threads (DataLoader workers, the pin-memory thread), the inside of C++ extensions, syncs "
+        "outside PyTorch's tensor API (CUDA events and streams, collectives).",
+    )

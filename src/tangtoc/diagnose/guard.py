@@ -1,0 +1,522 @@
+"""``device_guard``: catch a device mismatch before the kernel runs, and name the module, the tensor and the fix.
+
+Two layers, both installed only while the guard is active and removed on every exit path:
+
+* **module boundaries** — a forward pre-hook on every submodule compares the module's inputs (named by
+  the parameters of its ``forward``) with the module's own parameters and buffers, so the error says
+  *which module* got *which input* on *which device*;
+* **operations** — a :class:`~torch.overrides.TorchFunctionMode` checks the tensors of every torch call
+  before it runs. It catches what no module boundary shows: a tensor created inside ``forward`` without
+  ``device=`` (named by the line and the module whose forward created it), a plain tensor attribute, a loss
+  function's class weights. On ``meta`` several kernels (matmul, linear, embedding, conv) accept CPU
+  operands without an error, so waiting for PyTorch's own error would miss them.
+
+The operation layer is a TorchFunctionMode rather than a TorchDispatchMode: it sees the call the user
+wrote (``F.embedding(ids, weight)``, whose argument names are user terms) instead of the aten ops it
+decomposes into, and it is the cheaper of the two (benchmarks/guard_overhead.py times both, empty, next to
+the guard).
+
+A 0-d CPU tensor is a scalar and legal next to any device; a 1-element tensor that is not 0-d is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from tangtoc.diagnose.calls import (
+    CPU_LENGTHS,
+    CREATION_FUNCTIONS,
+    INDEX_ARGS,
+    INDEXING,
+    MOVES,
+    call_tensors,
+    forward_args,
+    func_name,
+    input_tensors,
+    named_args,
+    two_devices,
+)
+from tangtoc.diagnose.frames import Location, user_location
+from tangtoc.diagnose.mismatch import (
+    describe_tensor,
+    is_cpu_scalar,
+    optimizer_state_findings,
+    plain_tensor_attributes,
+    preferred_device,
+)
+from tangtoc.diagnose.roles import Role, likely_cause, role_of
+from tangtoc.errors import TangtocError
+
+Tensor = torch.Tensor
+
+
+class DeviceMismatchError(TangtocError, RuntimeError):
+    """Tensors on different devices met in a module call or an operation.
+
+    A ``RuntimeError``, like PyTorch's own device errors, so existing ``except RuntimeError`` code keeps
+    working. ``module`` is the dotted path of the module involved (``None`` outside any guarded module),
+    ``culprits`` the names of the tensors on the wrong device, ``found`` their device and ``expected`` the
+    device they should be on.
+    """
+
+    def __init__(
+        self, message: str, *, module: str | None, culprits: tuple[str, ...], found: str, expected: str
+    ) -> None:
+        super().__init__(message)
+        self.module = module
+        self.culprits = culprits
+        self.found = found
+        self.expected = expected
+
+
+# Creation functions: their tensor arguments are data to copy, and the guard records who made each result, where.
+_FACTORIES: frozenset[Any] = frozenset(CREATION_FUNCTIONS)
+_UNCHECKED = MOVES | _FACTORIES  # calls whose tensors may legitimately sit on several devices
+
+
+@dataclass(frozen=True, slots=True)
+class _Birth:
+    """Where a tensor was created while the guard was active."""
+
+    function: str
+    location: Location | None
+    module: str | None
+    explicit_device: bool
+
+
+@dataclass(slots=True)
+class _Frame:
+    """A module whose forward is running, with the inputs it was called with."""
+
+    module: nn.Module
+    path: str
+    args: tuple
+    kwargs: dict
+
+
+class _OpMode(TorchFunctionMode):
+    """Checks every torch call's tensors for a device mix before it runs; records where tensors are created."""
+
+    def __init__(self, guard: DeviceGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        # The hot path: one tensor alone (a method call, an attribute read) cannot mix devices.
+        several = len(args) > 1 or kwargs or (args and type(args[0]) in (list, tuple))
+        # A module-level set, not an attribute of the mode: dynamo (torch.compile) fails to build its guards when
+        # a mode's handler tests membership in a set held by the mode (torch 2.13).
+        if several and func not in _UNCHECKED and two_devices(args, kwargs):
+            _check_call(self.guard, func, args, kwargs)
+        out = func(*args, **kwargs)
+        if func in _FACTORIES and isinstance(out, Tensor):
+            explicit = "device" in kwargs and kwargs["device"] is not None
+            _note_birth(self.guard, out, func, explicit)
+        return out
+
+
+class DeviceGuard(contextlib.ContextDecorator):
+    """The context manager and decorator returned by :func:`device_guard`."""
+
+    def __init__(
+        self,
+        modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer | None,
+        allow: Iterable[Callable[..., Any]],
+    ) -> None:
+        self.modules = modules
+        self.optimizer = optimizer
+        self.allow = frozenset(allow)
+        self._depth = 0
+        self._paths: dict[nn.Module, str] = {}
+        self._code: dict[nn.Module, str] = {}  # how the user's code reaches each module: model.layers[0]
+        self._dotted: dict[nn.Module, str] = {}  # its dotted name as check_devices gives it ("" for the model)
+        self._roots: set[nn.Module] = set()
+        self._handles: list[Any] = []
+        self._mode: _OpMode | None = None
+        self._local = threading.local()
+        self._births: dict[int, tuple[weakref.ref[Tensor], _Birth]] = {}
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> DeviceGuard:
+        self._depth += 1
+        if self._depth > 1:  # nested use of the same guard (a guarded function calling another): one install
+            return self
+        try:
+            for prefix, root in self.modules.items():
+                self._roots.add(root)
+                for name, module in root.named_modules(prefix=prefix):
+                    self._paths.setdefault(module, name or "model")
+                    self._dotted.setdefault(module, name)
+                    code = name if prefix else f"model.{name}" if name else "model"
+                    self._code.setdefault(module, re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", code))
+                    self._handles.append(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+                    self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+            if self.optimizer is not None:
+                self._handles.append(self.optimizer.register_step_pre_hook(self._optimizer_hook))
+            self._mode = _OpMode(self)
+            self._mode.__enter__()
+        except BaseException:
+            self._uninstall()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._uninstall()
+
+    def _uninstall(self) -> None:
+        self._depth = 0
+        try:
+            if self._mode is not None:
+                self._mode.__exit__(None, None, None)
+        finally:
+            self._mode = None
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._paths.clear()
+            self._code.clear()
+            self._dotted.clear()
+            self._roots.clear()
+            self._births.clear()
+            self._local.__dict__.clear()
+
+    # ------------------------------------------------------------------------------------------ module layer
+
+    def _stack(self) -> list[_Frame]:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        path = self._paths[module]
+        self._stack().append(_Frame(module, path, args, kwargs))
+        own = [(n, t) for n, t in (*module._parameters.items(), *module._buffers.items()) if t is not None]
+        own_devices = {t.device for _, t in own}
+        if len(own_devices) > 1:
+            self._spread(module, path, own)
+        if own_devices:
+            home = next(iter(own_devices))
+        elif module in self._roots:
+            home = preferred_device(Counter(t.device for t in (*module.parameters(), *module.buffers())))
+            if home is None:
+                return
+        else:
+            return  # a container: its children check their own inputs
+        for value in (*args, *kwargs.values()) if kwargs else args:
+            if isinstance(value, Tensor):
+                if value.device != home and not is_cpu_scalar(value):
+                    self._input_mismatch(module, path, home, own, args, kwargs)
+                continue
+            for _, t in input_tensors(value, ""):
+                if t.device != home and not is_cpu_scalar(t):
+                    self._input_mismatch(module, path, home, own, args, kwargs)
+
+    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        stack = self._stack()
+        if stack and stack[-1].module is module:
+            stack.pop()
+
+    def _optimizer_hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        for f in optimizer_state_findings(optimizer, self._names()):
+            raise DeviceMismatchError(
+                f"optimizer.step() would mix devices: {f.message}\nMost likely cause: {f.cause}.\nFix: {f.fix}",
+                module=None,
+                culprits=f.paths,
+                found=f.found,
+                expected=f.expected,
+            )
+
+    # -------------------------------------------------------------------------------------- operation layer
+
+    def note_birth(self, t: Tensor, func: Any, explicit_device: bool) -> None:
+        """Remember who created ``t`` (called by the operation layer for every creation function)."""
+        stack = self._stack()
+        birth = _Birth(
+            f"torch.{getattr(func, '__name__', func)}",
+            user_location(),
+            stack[-1].path if stack else None,
+            explicit_device,
+        )
+        key = id(t)
+        births = self._births
+
+        def forget(ref: weakref.ref[Tensor]) -> None:
+            if births.get(key, (None,))[0] is ref:
+                del births[key]
+
+        births[key] = (weakref.ref(t, forget), birth)
+
+    def check_call(self, func: Any, args: tuple, kwargs: dict) -> None:
+        """Raise :class:`DeviceMismatchError` when the tensors of ``func(*args, **kwargs)`` are on two devices.
+
+        Called only once a quick scan saw two devices; this applies ``allow`` and the rules for indexing and CPU
+        lengths.
+        """
+        if func in self.allow:
+            return
+        named = [
+            (path, t)
+            for arg, value in named_args(func, args, kwargs)
+            for path, t in call_tensors(value, arg)
+            if not is_cpu_scalar(t)
+        ]
+        if func in INDEXING:  # x[idx] takes CPU indices whatever the device of x
+            named = [(p, t) for p, t in named if not (p.startswith(INDEX_ARGS) and t.device.type == "cpu")]
+        elif func in CPU_LENGTHS:
+            named = [(p, t) for p, t in named if t.device.type != "cpu" or t.is_floating_point()]
+        devices = Counter(t.device for _, t in named)
+        if len(devices) < 2:
+            return
+        stack = self._stack()
+        expected = self._home_of(stack[-1].module) if stack else None
+        if expected not in devices:
+            expected = preferred_device(devices)
+        fname = func_name(func)
+        lines, causes, odd = [], [], []
+        for path, t in named:
+            if t.device == expected:
+                name = self._name_of(t)
+                lines.append(f"  `{path}`: {describe_tensor(t)}" + (f" (`{name}`)" if name else ""))
+                continue
+            role = role_of(fname, path.split("[")[0])
+            who, cause = self._identify(t, role, str(expected))
+            lines.append(f"  `{path}`: {describe_tensor(t)}" + (f" — {role.term}" if role else "") + f"; {who}")
+            causes.append(cause)
+            odd.append(path)
+        inside = f" inside the forward of `{stack[-1].path}` ({type(stack[-1].module).__name__})" if stack else ""
+        where = user_location()
+        found = next(str(t.device) for p, t in named if p == odd[0])
+        raise DeviceMismatchError(
+            f"{fname} got tensors on {found} and {expected}{inside}; expected all on {expected}.\n"
+            + "\n".join(lines)
+            + (f"\n  at {where}: {where.code}" if where else "")
+            + f"\nMost likely cause: {causes[0][0]}.\nFix: {causes[0][1]}",
+            module=stack[-1].path if stack else None,
+            culprits=tuple(odd),
+            found=found,
+            expected=str(expected),
+        )
+
+    # -------------------------------------------------------------------------------------------- naming
+
+    def _home_of(self, module: nn.Module) -> torch.device | None:
+        own = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+        if own:
+            return own[0].device
+        return preferred_device(Counter(t.device for root in self._roots for t in root.parameters()))
+
+    def _names(self) -> dict[int, str]:
+        """``id(tensor)`` -> dotted path, for every parameter and buffer of the guarded modules."""
+        names = {}
+        for prefix, root in self.modules.items():
+            dot = f"{prefix}." if prefix else ""
+            names.update({id(t): dot + n for n, t in (*root.named_parameters(), *root.named_buffers())})
+        return names
+
+    def _name_of(self, t: Tensor) -> str | None:
+        """The dotted path of ``t`` if it is a parameter or buffer of a guarded module."""
+        return self._names().get(id(t))
+
+    def _attribute_of(self, t: Tensor) -> str | None:
+        for prefix, root in self.modules.items():
+            for path, value in plain_tensor_attributes(root, prefix):
+                if value is t:
+                    return path
+        return None
+
+    def _birth_of(self, t: Tensor) -> _Birth | None:
+        entry = self._births.get(id(t))
+        return entry[1] if entry and entry[0]() is t else None
+
+    def _input_of(self, t: Tensor) -> str | None:
+        for frame in reversed(self._stack()):
+            for name, value in forward_args(frame.module, frame.args, frame.kwargs):
+                for path, x in input_tensors(value, name):
+                    if x is t:
+                        return f"input `{path}` of `{frame.path}`"
+        return None
+
+    def _identify(self, t: Tensor, role: Role | None, expected: str) -> tuple[str, tuple[str, str]]:
+        """What ``t`` is (parameter, plain attribute, created at a line, an input...) and the likely cause + fix."""
+        found = str(t.device)
+        name = self._name_of(t)
+        if name:
+            return f"`{name}`", likely_cause(Role("a parameter or buffer", "weights"), found, expected)
+        known = self._provenance(t)
+        if known:
+            return known
+        given = self._input_of(t)
+        if given:
+            return given, likely_cause(role or Role("an input", "input"), found, expected)
+        return "not a parameter, buffer, attribute or input of the guarded modules", likely_cause(role, found, expected)
+
+    def _provenance(self, t: Tensor) -> tuple[str, tuple[str, str]] | None:
+        """``t`` as a plain tensor attribute or a tensor created under the guard, or (for a tensor computed from
+        one, e.g. ``self.mask[:t] == 0``) the likely source: such a tensor on the same device in a running module.
+        """
+        attribute = self._attribute_of(t)
+        if attribute:
+            return _attribute_story(attribute, "")
+        birth = self._birth_of(t)
+        if birth:
+            return _birth_story(birth, str(t.device), "")
+        for frame in reversed(self._stack()):
+            for path, value in plain_tensor_attributes(frame.module, self._dotted[frame.module]):
+                if value.device == t.device:
+                    return _attribute_story(path, "probably computed from ")
+        for ref, birth in list(self._births.values()):
+            alive = ref()
+            if alive is not None and alive.device == t.device and birth.module in {f.path for f in self._stack()}:
+                return _birth_story(birth, str(t.device), "probably computed from a tensor ")
+        return None
+
+    def _left_behind(self, module: nn.Module, path: str, home: torch.device, found: str) -> tuple[str, str]:
+        """Cause and fix when ``module``'s own tensors stayed on the CPU while its input is on the accelerator."""
+        code = self._code[module]
+        return (
+            f"`{path}` ({type(module).__name__}) is still on {home}: it was not moved with the rest, or was created "
+            "or replaced after `.to()`",
+            f"move it: `{code}.to({found!r})`, or call `.to()` on the whole model once it is complete"
+            + (" (and create the optimizer after that)." if next(module.parameters(), None) is not None else "."),
+        )
+
+    def _spread(self, module: nn.Module, path: str, own: list[tuple[str, Tensor]]) -> None:
+        devices = Counter(t.device for _, t in own)
+        expected = preferred_device(devices)
+        odd = [(n, t) for n, t in own if t.device != expected]
+        lines = [f"  `{path}.{n}`: {describe_tensor(t)}" for n, t in own]
+        cause, fix = likely_cause(Role("a parameter or buffer", "weights"), str(odd[0][1].device), str(expected))
+        raise DeviceMismatchError(
+            f"`{path}` ({type(module).__name__}) has its own parameters and buffers on {len(devices)} devices.\n"
+            + "\n".join(lines)
+            + f"\nMost likely cause: {cause}.\nFix: {fix}",
+            module=path,
+            culprits=tuple(f"{path}.{n}" for n, _ in odd),
+            found=str(odd[0][1].device),
+            expected=str(expected),
+        )
+
+    def _input_mismatch(
+        self,
+        module: nn.Module,
+        path: str,
+        home: torch.device,
+        own: list[tuple[str, Tensor]],
+        args: tuple,
+        kwargs: dict,
+    ) -> None:
+        odd = [
+            (name, t)
+            for arg, value in forward_args(module, args, kwargs)
+            for name, t in input_tensors(value, arg)
+            if t.device != home and not is_cpu_scalar(t)
+        ]
+        kind = "parameters" if next(module.parameters(), None) is not None else "buffers"
+        lines = []
+        cause: tuple[str, str] | None = None
+        found = str(odd[0][1].device)
+        if home.type == "cpu" and odd[0][1].device.type != "cpu":
+            cause = self._left_behind(module, path, home, found)
+        for name, t in odd:
+            role = role_of(type(module).__name__.lower(), name.split("[")[0].split(".")[0])
+            known = self._provenance(t)
+            if known:
+                lines.append(f"  input `{name}`: {describe_tensor(t)}; {known[0]}")
+                cause = cause or known[1]
+            else:
+                term = f" — {role.term}" if role else ""
+                lines.append(f"  input `{name}`: {describe_tensor(t)}{term}")
+                cause = cause or likely_cause(role or Role("an input", "input"), str(t.device), str(home))
+        if own:
+            lines += [f"  `{path}.{n}`: {describe_tensor(t)}" for n, t in own[:2]]
+        else:
+            lines.append(f"  `{path}`'s {kind}: on {home}")
+        where = user_location()
+        assert cause is not None  # odd is not empty: the pre-hook saw a tensor off `home`
+        names = ", ".join(f"`{n}`" for n, _ in odd)
+        raise DeviceMismatchError(
+            f"`{path}` ({type(module).__name__}) got {names} on {found}, but its {kind} are on {home}.\n"
+            + "\n".join(lines)
+            + (f"\n  called at {where}: {where.code}" if where else "")
+            + f"\nMost likely cause: {cause[0]}.\nFix: {cause[1]}",
+            module=path,
+            culprits=tuple(n for n, _ in odd),
+            found=found,
+            expected=str(home),
+        )
+
+
+# Never traced by torch.compile (they read the Python stack, and raise): under compile they run eagerly.
+_check_call = torch.compiler.disable(DeviceGuard.check_call)
+_note_birth = torch.compiler.disable(DeviceGuard.note_birth)
+
+
+def _attribute_story(path: str, hedge: str) -> tuple[str, tuple[str, str]]:
+    leaf = path.rsplit(".", 1)[-1].split("[")[0]
+    return f"{hedge}`{path}`, a plain tensor attribute (not a registered buffer)", (
+        f"`{path}` is a plain tensor attribute, which `model.to()` does not move",
+        f"register it in __init__: `self.register_buffer({leaf!r}, tensor, persistent=False)`.",
+    )
+
+
+def _birth_story(birth: _Birth, device: str, hedge: str) -> tuple[str, tuple[str, str]]:
+    by = f" in the forward of `{birth.module}`" if birth.module else ""
+    at = f" at {birth.location}" if birth.location else ""
+    how = "with an explicit device" if birth.explicit_device else "without device="
+    default = "" if birth.explicit_device else " (the default device)"
+    return f"{hedge}created by {birth.function}{at}{by}, {how}", (
+        f"a tensor created {how} lands on {device}{default}",
+        f"create it where its partners are: `{birth.function}(..., device=x.device)` (x: an input of the "
+        "forward), or make it a registered buffer built once in __init__.",
+    )
+
+
+def device_guard(
+    model: nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    allow: Iterable[Callable[..., Any]] = (),
+    **others: nn.Module,
+) -> DeviceGuard:
+    """Check devices at every module call and every torch operation; raise :class:`DeviceMismatchError` first.
+
+    Use it as a context manager around a training step, or as a decorator::
+
+        with tt.device_guard(model, optimizer=opt, criterion=loss_fn):
+            loss = loss_fn(model(x), y); loss.backward(); opt.step()
+
+        @tt.device_guard(model)
+        def step(batch): ...
+
+    Args:
+        model: every submodule gets a forward pre-hook comparing its inputs with its own parameters and
+            buffers; tensors are named by their dotted path.
+        optimizer: before each ``step()``, its state is compared with each parameter's device.
+        allow: torch functions the operation layer must not check (for a function that mixes devices on
+            purpose and is not already known to: ``.to``, ``copy_``, indexing with CPU indices, RNN lengths).
+        others: more modules that take part, by name (``criterion=loss_fn``), checked like the model.
+
+    Hooks and the operation mode are removed on every exit path, errors included. Module boundaries are
+    checked on every thread, operations only on the thread that entered the guard. ``torch.compile``d
+    modules are checked too (dynamo traces the operation layer or runs it eagerly). What a C++ extension
+    does inside is not seen, only the torch calls that reach Python; submodules added while the guard is
+    active are not hooked until it is entered again.
+    """
+    return DeviceGuard({"": model, **others}, optimizer, allow)

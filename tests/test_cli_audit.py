@@ -1,0 +1,178 @@
+"""`tangtoc audit SCRIPT`: the script runs as `python SCRIPT` would, and every planted sync is found at its line."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tangtoc.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "sync_heavy.py"
+TRAIN_LOOP = """
+import torch
+model = torch.nn.Linear(2, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range({steps}):
+    model(torch.ones(1, 2, device="cpu")).sum().backward()
+    opt.step()
+"""
+
+
+def planted(path: Path) -> set[tuple[int, str]]:
+    """(line, what the audit must report) for every ``# planted:`` comment in ``path``."""
+    lines = path.read_text().splitlines()
+    return {(i, m.group(1)) for i, line in enumerate(lines, 1) if (m := re.search(r"  # planted: (.+)$", line))}
+
+
+def script(tmp_path: Path, body: str, name: str = "train.py") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def audit_json(tmp_path: Path, *args: str) -> tuple[int, dict]:
+    out = tmp_path / "report.json"
+    code = main(["audit", *args, "--json", str(out)])
+    return code, json.loads(out.read_text())
+
+
+def test_every_planted_sync_copy_and_cpu_tensor_of_the_example_is_found_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = audit_json(tmp_path, str(EXAMPLE), "--steps", "3")
+    assert code == 0
+    found = {(f["location"]["line"], f["op"]) for f in report["findings"]}
+    assert found == planted(EXAMPLE)
+    assert all(f["location"]["file"].endswith("sync_heavy.py") for f in report["findings"])
+    out = capsys.readouterr().out
+    assert "tangtoc audit: " in out and "3 step(s) (steps end at optimizer.step())" in out
+    assert "Listed are the lines that would synchronize or copy on a GPU" in out
+    assert "loss = loss.mean() + 0.1 * hard.mean()" not in out  # only planted lines are listed
+
+
+def test_the_fixed_example_is_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = audit_json(tmp_path, str(EXAMPLE), "--fixed", "--steps", "3")
+    assert code == 0
+    assert report["findings"] == []
+    assert [s["syncs"] for s in report["steps"]] == [0, 0, 0]
+    assert "No syncs, copies or CPU-born tensors found in the audited steps." in capsys.readouterr().out
+
+
+def test_the_script_runs_as_python_would_run_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "helper.py").write_text("VALUE = 42\n")
+    path = script(
+        tmp_path,
+        "import json, sys\nimport helper\n"
+        'print(json.dumps({"argv": sys.argv, "name": __name__, "helper": helper.VALUE}))\n'
+        + TRAIN_LOOP.format(steps=3),
+    )
+    argv_before, path_before = sys.argv[:], sys.path[:]
+    assert main(["audit", str(path), "--lr", "0.1", "--steps", "2", "-v"]) == 0
+    seen = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert seen == {"argv": [str(path), "--lr", "0.1", "-v"], "name": "__main__", "helper": 42}
+    assert (sys.argv, sys.path) == (argv_before, path_before)
+
+
+def test_options_before_the_script_leave_its_own_flags_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = script(tmp_path, "import sys\nprint(sys.argv[1:])\n" + TRAIN_LOOP.format(steps=3))
+    assert main(["audit", "--steps", "1", str(path), "--steps", "100"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "['--steps', '100']"
+    assert "1 step(s)" in out
+
+
+def test_a_script_that_ends_early_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", str(script(tmp_path, TRAIN_LOOP.format(steps=2)))]) == 0
+    assert "the script ended after 2 of 10 steps" in capsys.readouterr().out
+
+
+def test_the_scripts_exit_status_is_passed_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", str(script(tmp_path, TRAIN_LOOP.format(steps=2) + "raise SystemExit(3)\n"))]) == 3
+    assert main(["audit", str(script(tmp_path, TRAIN_LOOP.format(steps=2) + "import sys; sys.exit('bad')\n"))]) == 1
+    assert capsys.readouterr().err.startswith("bad\n")
+
+
+def test_a_script_that_raises_shows_its_own_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = script(
+        tmp_path, TRAIN_LOOP.format(steps=2) + "def load():\n    raise ValueError('no such column')\nload()\n"
+    )
+    assert main(["audit", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):\n")
+    assert f'File "{path}", line 10, in <module>' in err and f'File "{path}", line 9, in load' in err
+    assert "ValueError: no such column" in err
+    assert "runpy" not in err and "tangtoc" not in err.split("ValueError")[0]
+    assert "tangtoc audit: the report covers the 2 step(s) before the error." in err
+
+
+def test_a_syntax_error_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "ran"
+    path = script(tmp_path, f"open({str(marker)!r}, 'w').close()\nfor x in range(3) print(x)\n")
+    assert main(["audit", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"tangtoc audit: {path} has a syntax error, so nothing was run:" in err
+    assert "SyntaxError" in err and "line 2" in err
+    assert not marker.exists()
+
+
+def test_a_missing_script_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "no_such_train.py"]) == 2
+    assert "tangtoc audit: error: no such file: 'no_such_train.py'. Give the path of a Python script" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_script_without_optimizer_steps_is_told_to_mark_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = script(tmp_path, "import torch\nfor _ in range(3):\n    torch.ones(2, device='cpu').sum().item()\n")
+    assert main(["audit", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "finished without calling optimizer.step(), so there were no steps to audit" in captured.err
+    assert "`from tangtoc.diagnose import mark_step` then `mark_step()` at the end of each iteration" in captured.err
+    assert ".item() — would synchronize on a GPU" in captured.out  # the whole run is still reported
+
+
+def test_marked_steps_are_audited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = (
+        "import torch\nfrom tangtoc.diagnose import mark_step\n"
+        "for _ in range(5):\n    torch.ones(2, device='cpu').sum().item()\n    mark_step()\n"
+    )
+    assert main(["audit", str(script(tmp_path, body)), "--steps", "2"]) == 0
+    assert "2 step(s) (steps end at mark_step())" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--steps", "many"], "--steps takes a whole number of steps, got 'many'"),
+        (["--json"], "--json needs a value"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["audit", str(script(tmp_path, TRAIN_LOOP.format(steps=1))), *args]) == 2
+    assert f"tangtoc audit: error: {message}" in capsys.readouterr().err
+
+
+def test_end_to_end_as_a_command(tmp_path: Path) -> None:
+    path = script(tmp_path, TRAIN_LOOP.format(steps=5) + "print('done')\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tangtoc", "audit", str(path), "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2 step(s)" in proc.stdout and "done" not in proc.stdout  # stopped after 2 steps

@@ -1,0 +1,234 @@
+"""audit: per step, each sync, copy and CPU-born tensor at the user's line; the library's own work is not blamed."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.optim.optimizer import _global_optimizer_post_hooks
+
+import tangtoc as tt
+from tangtoc.diagnose import StopAudit, audit, mark_step
+from tangtoc.diagnose.audit_report import AuditReport
+from tangtoc.errors import TangtocError
+
+SOURCE = Path(__file__).read_text().splitlines()
+THIS = "tests/test_diagnose_audit.py"
+
+
+def line_of(marker: str) -> int:
+    """The line of this file carrying ``# audit: <marker>``."""
+    return next(i for i, line in enumerate(SOURCE, 1) if line.rstrip().endswith(f"# audit: {marker}"))
+
+
+def found(report: AuditReport) -> set[tuple[int, str]]:
+    return {(f.location.line, f.op) for f in report.findings if f.location and str(f.location).startswith(THIS)}
+
+
+def sync_heavy_steps(steps: int) -> None:
+    """A CPU training loop with one of each host-side read, on marked lines."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    opt = torch.optim.Adam(model.parameters())  # Adam reads its CPU step counter with .item(): not the user's
+    data = torch.randn(64, 8, device="cpu")
+    for step in range(steps):
+        x = data[step * 4 : step * 4 + 4].to("cpu")  # planted: .to()
+        logits = model(x)
+        loss = F.cross_entropy(logits, torch.tensor([0, 1, 2, 0]))  # planted: torch.tensor
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # planted: .item()
+        logits.tolist()  # planted: .tolist()
+        logits.detach().numpy()  # planted: .numpy()
+        np.asarray(logits.detach())  # planted: np.asarray(tensor)
+        float(loss.detach())  # planted: float(tensor)
+        int(logits.argmax())  # planted: int(tensor)
+        range(logits.argmax())  # planted: tensor as an index
+        f"{loss:.3f}"  # planted: format(tensor) / f-string
+        repr(loss)  # planted: print(tensor) / repr
+        if loss > 0:  # planted: bool(tensor) / if tensor:
+            pass
+        logits[logits > 0]  # planted: x[bool mask]
+        logits[logits < 0] = 0  # planted: x[bool mask] = v
+        logits.nonzero()  # planted: nonzero
+        torch.unique(logits)  # planted: unique
+        logits.masked_select(logits > 0)  # planted: masked_select
+        torch.equal(logits, logits)  # planted: torch.equal / allclose
+        torch.repeat_interleave(torch.tensor([1, 2], device="cpu"))  # planted: repeat_interleave
+        logits.cpu()  # planted: .cpu()
+        torch.zeros(3, device="cpu")  # explicit device=: on a GPU run this is the GPU, so not reported here
+        tt.fetch(loss)  # the fix: the library's own read is not counted
+
+
+def test_every_host_side_read_is_found_at_its_line_on_a_cpu_machine() -> None:
+    with audit() as a:
+        sync_heavy_steps(3)
+    report = a.report()
+    lines, first = inspect.getsourcelines(sync_heavy_steps)
+    planted = {
+        (first + i, line.split("# planted: ")[1].rstrip()) for i, line in enumerate(lines) if "# planted:" in line
+    }
+    assert found(report) == planted
+    assert report.device == "cpu" and report.cpu_only
+    assert all(f.cpu_only for f in report.findings)
+    (item,) = [f for f in report.findings if f.op == ".item()"]
+    assert item.detail == "would synchronize on a GPU (all on the CPU here)"
+    assert "tt.fetch(loss, acc)" in item.fix
+
+
+def test_steps_end_at_optimizer_step_and_the_limit_stops_the_loop_cleanly() -> None:
+    reached = []
+    with audit(steps=2) as a:
+        sync_heavy_steps(10)
+        reached.append("after the loop")  # never runs: StopAudit ends the block
+    report = a.report()
+    assert not reached
+    assert (report.step_source, report.stopped, len(report.steps)) == ("optimizer.step()", True, 2)
+    # The reads after opt.step() belong to the next step: step 1 is set-up plus the first forward pass.
+    # 17 planted syncs, and the blocking copy back of `.cpu()`.
+    assert [s.syncs for s in report.steps] == [0, 18]
+
+
+def test_a_loops_except_exception_does_not_swallow_the_stop() -> None:
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = 0
+    with audit(steps=1):
+        for _ in range(5):
+            try:
+                model(torch.ones(1, 2)).sum().backward()
+                opt.step()
+                steps += 1
+            except Exception:
+                pass
+    assert steps == 0  # StopAudit (a BaseException) left the loop at the first step
+
+
+def test_mark_step_defines_the_steps() -> None:
+    mark_step()  # no audit active: nothing happens
+    with audit() as a:
+        for _ in range(3):
+            torch.ones(2, device="cpu").sum().item()  # audit: marked .item()
+            mark_step()
+        torch.ones(2, device="cpu").sum().item()  # after the last mark: counted apart
+    report = a.report()
+    assert report.step_source == "mark_step()"
+    assert [s.syncs for s in report.steps] == [1, 1, 1]
+    assert report.events_after_last_step == 1
+    assert found(report) == {(line_of("marked .item()"), ".item()")}
+
+
+def test_without_steps_the_whole_run_is_reported() -> None:
+    with audit() as a:
+        torch.ones(2, device="cpu").sum().item()
+    report = a.report()
+    assert report.step_source is None and report.steps == ()
+    assert [f.op for f in report.findings] == [".item()"]
+
+
+def test_real_copies_are_counted_with_bytes_and_memory_kind() -> None:
+    batch = {"x": torch.randn(4, 8), "ids": torch.arange(4)}
+    with audit(device="meta") as a:
+        for _ in range(2):
+            x = torch.randn(4, 8).to("meta")  # audit: a real copy
+            moved = tt.to_device(batch, "meta")  # audit: a copy inside a library call
+            torch.as_tensor(torch.ones(16), device="meta")  # audit: a copy only the aten layer sees
+            torch.empty(4, 8, device="meta").copy_(x.new_empty(4, 8, device="cpu"))  # audit: copy_
+            mark_step()
+    assert moved["x"].device.type == "meta"
+    report = a.report()
+    by_line = {f.location.line: f for f in report.findings if f.kind == "copy"}
+    real = by_line[line_of("a real copy")]
+    assert (real.op, real.count, real.bytes) == (".to()", 2, 2 * 4 * 8 * 4)
+    assert real.detail == "cpu→meta copy, pageable, blocking"
+    assert by_line[line_of("a copy inside a library call")].count == 4  # two tensors per step, at the user's line
+    assert by_line[line_of("a copy only the aten layer sees")].op == "aten._to_copy"
+    assert by_line[line_of("copy_")].op == ".copy_()"
+    assert [s.copies for s in report.steps] == [5, 5]  # each copy once: the aten layer does not recount them
+
+
+def test_on_an_accelerator_cpu_reads_are_not_syncs_but_cpu_born_tensors_are_reported() -> None:
+    host = torch.ones(2)
+    with audit(device="meta") as a:
+        for _ in range(2):
+            host.sum().item()  # a CPU tensor's value: no device to wait for
+            torch.zeros(3, device="cpu")  # audit: born on the CPU inside a step
+            mark_step()
+    report = a.report()
+    assert not report.cpu_only
+    assert found(report) == {(line_of("born on the CPU inside a step"), "torch.zeros")}
+    assert "while the model computes on meta" in report.findings[0].why
+
+
+def test_set_up_ranks_after_what_recurs() -> None:
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with audit() as a:
+        torch.randn(100_000)  # audit: set-up
+        for _ in range(3):
+            model(torch.ones(1, 4, device="cpu")).sum().backward()
+            opt.step()
+            torch.ones(1, device="cpu").item()  # audit: in the loop
+    ops = [(f.location.line, f.steps_seen) for f in a.report().findings]
+    assert ops == [(line_of("in the loop"), 2), (line_of("set-up"), 1)]
+
+
+def test_modes_hooks_and_synchronize_are_restored_on_every_exit_path() -> None:
+    sync = torch.cuda.synchronize
+    modes = torch._C._len_torch_function_stack()
+    with pytest.raises(ZeroDivisionError), audit():
+        assert torch.cuda.synchronize is not sync
+        raise ZeroDivisionError
+    assert torch.cuda.synchronize is sync
+    assert torch._C._len_torch_function_stack() == modes
+    assert not _global_optimizer_post_hooks
+    with audit():  # a new audit can start
+        pass
+
+
+def test_audits_do_not_nest() -> None:
+    with audit(), pytest.raises(TangtocError, match="an audit is already active in this process; audits do not nest"):
+        audit().__enter__()
+
+
+def test_bad_step_count() -> None:
+    with pytest.raises(ValueError, match=r"audit\(steps=...\) must be at least 1, got 0"):
+        audit(steps=0)
+
+
+def test_stop_audit_is_not_an_exception() -> None:
+    assert issubclass(StopAudit, BaseException) and not issubclass(StopAudit, Exception)
+
+
+def test_report_serialises_to_json() -> None:
+    with audit(steps=2) as a:
+        sync_heavy_steps(5)
+    data = json.loads(json.dumps(a.report().to_dict()))
+    assert data["device"] == "cpu" and data["stopped_at_limit"] is True
+    assert data["cost_model"]["sync_seconds"] > 0
+    first = data["findings"][0]
+    assert {"file", "line", "function", "code"} == set(first["location"])
+    assert first["location"]["file"] == THIS
+
+
+@pytest.mark.cuda
+def test_real_cuda_syncs_and_pinned_copies() -> None:
+    host = torch.randn(1024).pin_memory()
+    with audit(device="cuda") as a:
+        for _ in range(2):
+            x = host.to("cuda", non_blocking=True)  # audit: pinned copy
+            x.sum().item()  # audit: cuda item
+            torch.cuda.synchronize()  # audit: cuda synchronize
+            mark_step()
+    report = a.report()
+    by_line = {f.location.line: f for f in report.findings}
+    assert by_line[line_of("pinned copy")].detail == "cpu→cuda copy, pinned, non-blocking"
+    assert by_line[line_of("cuda item")].detail == "synchronizes the host with the device"
+    assert by_line[line_of("cuda synchronize")].op == "torch.cuda.synchronize()"

@@ -1,0 +1,222 @@
+"""device_guard: every buggy model in tests/buggy_models.py is stopped before the kernel, with the culprit named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import buggy_models as bm
+from tangtoc.diagnose import DeviceMismatchError, device_guard
+
+BUGGY_SOURCE = Path(bm.__file__).read_text().splitlines()
+
+
+def bug_line(marker: str) -> int:
+    """The line of tests/buggy_models.py carrying ``# BUG: <marker>``."""
+    return next(i for i, line in enumerate(BUGGY_SOURCE, 1) if f"# BUG: {marker}" in line)
+
+
+def function_modes() -> int:
+    return torch._C._len_torch_function_stack()
+
+
+def hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(bm.CASES))
+def test_guard_names_the_culprit(name: str) -> None:
+    case = bm.CASES[name]()
+    with (
+        pytest.raises(DeviceMismatchError, match=case.guard_match) as caught,
+        device_guard(case.model, **case.guard_kwargs),
+    ):
+        case.run()
+    message = str(caught.value)
+    assert case.culprit in message
+    assert "\nMost likely cause: " in message and "\nFix: " in message
+
+
+def test_without_the_guard_an_embedding_on_meta_takes_cpu_ids_silently() -> None:
+    # Why the guard checks devices itself: on meta, PyTorch's embedding kernel never complains.
+    case = bm.embedding_fed_cpu_ids()
+    assert case.run().device.type == "meta"
+
+
+@pytest.mark.parametrize("name", ["conv_fed_cpu_image", "model_not_moved", "plain_attribute_mask"])
+def test_without_the_guard_pytorch_names_neither_module_nor_tensor(name: str) -> None:
+    case = bm.CASES[name]()
+    with pytest.raises(RuntimeError, match=r"^Tensor on device \w+ is not on the expected device \w+!$"):
+        case.run()  # first kernels (conv, linear, matmul) accept the CPU operand; a later one fails, anonymously
+
+
+def test_a_tensor_created_in_forward_is_named_with_its_line_and_module() -> None:
+    case = bm.created_in_forward()
+    with pytest.raises(DeviceMismatchError) as caught, device_guard(case.model):
+        case.run()
+    line = bug_line("created without device=")
+    assert f"created by torch.zeros at tests/buggy_models.py:{line} in the forward of `model`" in str(caught.value)
+    assert caught.value.module == "model"
+    assert caught.value.culprits == ("other",)
+    assert (caught.value.found, caught.value.expected) == ("cpu", "meta")
+
+
+def test_a_one_element_tensor_is_a_mismatch_but_a_0d_scalar_is_not() -> None:
+    case = bm.one_element_cpu_tensor()
+    with pytest.raises(DeviceMismatchError, match=r"`other`: shape \(1,\), float32, on cpu"), device_guard(case.model):
+        case.run()
+    model, x, *_ = bm.healthy()
+    with device_guard(model):
+        assert model(x).shape == (4, bm.CLASSES)  # x * torch.tensor(0.5): legal on any device
+
+
+def test_healthy_training_step_passes_untouched() -> None:
+    model, x, y, criterion, opt = bm.healthy()
+    with device_guard(model, optimizer=opt, criterion=criterion):
+        loss = criterion(model(x), y)
+        loss.backward()
+        opt.step()
+        model.to("meta")  # moving inside the guard is not a mix (Module._apply compares old and new tensors)
+    assert loss.device.type == "meta"
+
+
+def test_loss_weights_are_named_by_role_when_the_loss_is_not_guarded() -> None:
+    case = bm.loss_weights_on_cpu()
+    x, y = case.batch
+    criterion = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 1.0]))
+    with (
+        pytest.raises(DeviceMismatchError, match=r"cross_entropy got tensors on cpu and meta") as caught,
+        device_guard(case.model),
+    ):
+        criterion(case.model(x), y)
+    message = str(caught.value)
+    assert "`weight`: shape (3,), float32, on cpu — the class weights of the loss" in message
+    assert "Fix: create them on the device (`nn.CrossEntropyLoss(weight=w.to('meta'))`)" in message
+
+
+def test_a_module_with_its_own_tensors_on_two_devices() -> None:
+    layer = nn.Linear(4, 2).to("meta")
+    layer.bias = nn.Parameter(torch.zeros(2))  # replaced on the CPU
+    with (
+        pytest.raises(
+            DeviceMismatchError,
+            match=r"`model` \(Linear\) has its own parameters and buffers on 2 "
+            r"devices(.|\n)*`model.bias`: shape \(2,\), float32, on cpu",
+        ) as caught,
+        device_guard(layer),
+    ):
+        layer(torch.randn(3, 4, device="meta"))
+    assert caught.value.culprits == ("model.bias",)
+
+
+def test_the_error_is_a_runtime_error_for_existing_handlers() -> None:
+    case = bm.conv_fed_cpu_image()
+    with pytest.raises(RuntimeError, match="got `images` on cpu"), device_guard(case.model):
+        case.run()
+
+
+@pytest.mark.parametrize("name", ["conv_fed_cpu_image", "created_in_forward", "optimizer_loaded_before_move"])
+def test_hooks_and_modes_are_removed_on_every_exit_path(name: str) -> None:
+    case = bm.CASES[name]()
+    before_hooks, before_modes = hooks(case.model), function_modes()
+    guard = device_guard(case.model, **case.guard_kwargs)
+    with pytest.raises(DeviceMismatchError), guard:
+        assert hooks(case.model) > before_hooks
+        assert function_modes() == before_modes + 1
+        case.run()
+    assert (hooks(case.model), function_modes()) == (before_hooks, before_modes)
+    opt = case.guard_kwargs.get("optimizer")
+    if opt is not None:
+        assert not opt._optimizer_step_pre_hooks
+    with guard:  # the same guard can be entered again
+        pass
+    assert (hooks(case.model), function_modes()) == (before_hooks, before_modes)
+
+
+def test_as_a_decorator_and_nested() -> None:
+    case = bm.embedding_fed_cpu_ids()
+    guard = device_guard(case.model)
+
+    @guard
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        return case.model(ids)
+
+    good = torch.randint(0, 50, (2, 7), device="meta")
+    with guard:  # a guarded function called inside the same guard: installed once, removed once
+        assert forward(good).shape == (2, bm.CLASSES)
+        assert function_modes() >= 1
+    with pytest.raises(DeviceMismatchError, match="got `token_ids` on cpu"):
+        forward(torch.randint(0, 50, (2, 7)))
+    assert hooks(case.model) == 0
+
+
+def test_indexing_with_cpu_indices_is_legal_but_a_cpu_table_is_not() -> None:
+    table = torch.randn(10, 4, device="meta")
+    with device_guard(nn.Linear(4, 4).to("meta")):
+        assert table[torch.tensor([1, 2])].shape == (2, 4)  # CPU indices into a tensor on any device: legal
+        table[torch.tensor([0])] = torch.tensor(0.0)
+        with pytest.raises(DeviceMismatchError, match=r"Tensor.__getitem__ got tensors on cpu and meta"):
+            torch.randn(10)[torch.tensor([1, 2], device="meta")]
+
+
+def test_packed_sequence_lengths_stay_on_the_cpu_without_a_false_alarm() -> None:
+    lstm = nn.LSTM(4, 3).to("meta")
+    packed = pack_padded_sequence(torch.randn(5, 2, 4, device="meta"), torch.tensor([5, 3]))  # batch_sizes: CPU
+    with device_guard(lstm):
+        out, _ = lstm(packed)
+    assert out.data.device.type == "meta"
+
+
+def test_allow_skips_a_function_that_mixes_devices_on_purpose() -> None:
+    ids, table = torch.tensor([1, 2]), torch.randn(10, 4, device="meta")
+    model = nn.Embedding(10, 4).to("meta")
+    with pytest.raises(DeviceMismatchError, match="embedding got tensors on cpu and meta"), device_guard(model):
+        F.embedding(ids, table)
+    with device_guard(model, allow=[F.embedding]):
+        assert F.embedding(ids, table).device.type == "meta"
+    with device_guard(model):  # a move before the operation is not a mix
+        assert F.embedding(ids.to("meta"), table).device.type == "meta"
+
+
+def test_the_users_line_is_reported() -> None:
+    case = bm.embedding_fed_cpu_ids()
+    with pytest.raises(DeviceMismatchError) as caught, device_guard(case.model):
+        case.model(torch.randint(0, 50, (2, 7)))  # the call the error must point at
+    assert re.search(r"called at tests/test_diagnose_guard.py:\d+: case.model\(torch.randint", str(caught.value))
+
+
+def test_a_functional_call_outside_any_module_is_checked() -> None:
+    model = nn.Linear(4, 2).to("meta")
+    with (
+        pytest.raises(DeviceMismatchError, match=r"linear got tensors on cpu and meta; expected all on meta"),
+        device_guard(model),
+    ):
+        F.linear(torch.randn(3, 4), model.weight)
+
+
+def test_compiled_models_run_under_the_guard_and_are_still_checked() -> None:
+    # Regression: dynamo could not build its guards for a mode holding a set of functions (torch 2.13).
+    model, x, *_ = bm.healthy()
+    with device_guard(model):
+        assert torch.compile(model, backend="eager")(x).shape == (4, bm.CLASSES)
+    case = bm.created_in_forward()
+    compiled = torch.compile(case.model, backend="eager")
+    with (
+        pytest.raises(DeviceMismatchError, match=r"created by torch.zeros at tests/buggy_models\.py"),
+        device_guard(case.model),
+    ):
+        compiled(case.batch)
+
+
+@pytest.mark.cuda
+def test_on_cuda_the_guard_speaks_before_pytorch() -> None:
+    model = bm.TokenClassifier().cuda()
+    match = "got `token_ids` on cpu, but its parameters are on cuda:0"
+    with pytest.raises(DeviceMismatchError, match=match), device_guard(model):
+        model(torch.randint(0, 50, (2, 7)))
