@@ -528,3 +528,16 @@ def test_available_devices_starts_with_cpu() -> None:
 def test_available_devices_lists_each_gpu(fake_cuda) -> None:
     fake_cuda(2)
     assert tt.available_devices() == [CPU, torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+@pytest.mark.parametrize(("tf32_matmul", "tf32_conv", "precision"), [(True, False, "high"), (False, True, "highest")])
+def test_float32_math_sets_and_restores_both_flags(tf32_matmul: bool, tf32_conv: bool, precision: str) -> None:
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    with (
+        pytest.raises(RuntimeError, match="inside"),
+        tt.device.float32_math(tf32_matmul=tf32_matmul, tf32_conv=tf32_conv),
+    ):
+        assert torch.get_float32_matmul_precision() == precision
+        assert torch.backends.cudnn.allow_tf32 is tf32_conv
+        raise RuntimeError("inside")
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before

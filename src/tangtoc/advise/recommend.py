@@ -38,7 +38,7 @@ from tangtoc.advise.count import (
 )
 from tangtoc.advise.predict import Assumptions, Prediction, low_precision, predict
 from tangtoc.bench.measure import Measurement, measure
-from tangtoc.device import available_devices, cpu_cores, cpu_model, describe, resolve
+from tangtoc.device import available_devices, cpu_cores, cpu_model, describe, float32_math, resolve
 from tangtoc.hardware import BY_SHORT_NAME, HardwareSpec, lookup
 from tangtoc.move import to_device
 
@@ -375,14 +375,8 @@ def cuda_math(device: torch.device, precision: str) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-    torch.backends.cudnn.allow_tf32 = True
-    try:
+    with float32_math(tf32_matmul=precision == "tf32"):
         yield
-    finally:
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def measure_step(

@@ -5,13 +5,12 @@ Every kernel's output is checked once against a float64 CPU reference before it 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
 from tangtoc.bench.cases import BenchConfig, Case, Row, checked
-from tangtoc.device import DeviceInfo, describe
+from tangtoc.device import DeviceInfo, describe, float32_math
 
 # Square sizes of the matmul suite. The CPU stops earlier in the quick run; in the full run every
 # size is tried while its estimated time stays inside PER_CASE_BUDGET.
@@ -22,17 +21,6 @@ SMALL_OP_SIZES = tuple(10**k for k in range(2, 8))
 TRANSFER_SIZES_QUICK = tuple(4 << (10 + 2 * k) for k in range(0, 9, 2))  # 4 KiB ... 256 MiB, x16 apart
 TRANSFER_SIZES_FULL = tuple(4 << (10 + 2 * k) for k in range(0, 10))  # 4 KiB ... 1 GiB, x4 apart
 _REFERENCE_ROWS = 64  # rows of a matmul recomputed in float64: enough to catch a wrong kernel, cheap at n=8192
-
-
-@contextlib.contextmanager
-def _matmul_precision(dtype_key: str) -> Iterator[None]:
-    """Plain float32 or TF32 for float32 matmuls, restored afterwards."""
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if dtype_key == "tf32" else "highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved)
 
 
 def _matmul_dtypes(device: torch.device, info: DeviceInfo) -> tuple[str, ...]:
@@ -90,7 +78,7 @@ def _matmul_case(
         def product() -> torch.Tensor:
             return torch.mm(a, b)
 
-        with _matmul_precision(key):
+        with float32_math(tf32_matmul=key == "tf32"):
             r = min(n, _REFERENCE_ROWS)  # the very function that is timed is the one checked
             row.check = checked(product()[:r], a[:r].double().cpu() @ b.double().cpu(), key)
             row.measurement = cfg.time(product, device, row.case)
