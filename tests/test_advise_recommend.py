@@ -17,20 +17,17 @@ import torch.nn.functional as F
 
 from tangtoc.advise import recommend
 from tangtoc.advise.count import batch_size_of
-from tangtoc.advise.recommend import (
-    Advice,
+from tangtoc.advise.decide import (
     Crossover,
     GpuOption,
     LinearFit,
-    advise,
     decide,
     find_crossover,
     fmt_duration,
     fmt_ratio,
     fmt_seconds,
-    job_steps_of,
-    resolve_targets,
 )
+from tangtoc.advise.recommend import Advice, advise, job_steps_of, resolve_targets
 from tangtoc.bench.measure import Measurement
 from tangtoc.cli.render import to_json
 from tangtoc.hardware import BY_SHORT_NAME, HardwareSpec

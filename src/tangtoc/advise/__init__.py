@@ -11,8 +11,9 @@
 """
 
 from tangtoc.advise.count import CountError, CountingMode, OpCall, StepCount, count_step
+from tangtoc.advise.decide import Crossover, LinearFit, MeasuredStep
 from tangtoc.advise.predict import Assumptions, Prediction, predict
-from tangtoc.advise.recommend import Advice, Check, Crossover, LinearFit, MeasuredStep, advise, measure_step
+from tangtoc.advise.recommend import Advice, Check, advise, measure_step
 
 __all__ = [
     "Advice",

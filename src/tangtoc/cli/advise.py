@@ -30,7 +30,7 @@ from torch import nn
 
 from tangtoc.advise import Advice, Assumptions, advise
 from tangtoc.advise.count import batch_size_of
-from tangtoc.advise.recommend import fmt_duration, fmt_seconds
+from tangtoc.advise.decide import fmt_duration, fmt_seconds
 from tangtoc.cli.render import console, fmt_bytes, to_json
 from tangtoc.errors import TangtocError
 from tangtoc.hardware import BY_SHORT_NAME
