@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     link = "assumed"
     if device.type == "cuda":
         bw = measure_link(device)
-        a = Assumptions(link_bandwidth=bw, link_name=f"measured on {device}, pinned")
+        a = Assumptions(link_bandwidth=bw, link_name=f"measured on {device}, pageable")
         link = f"{bw / 1e9:.1f} GB/s measured"
     big = device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory >= 40e9
     started, rows, failed, skipped = time.perf_counter(), [], [], []

@@ -27,3 +27,4 @@ def _fresh_device_cache() -> None:
     from tangtoc import device
 
     device._validated.cache_clear()
+    device.nvidia_driver_present.cache_clear()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils import benchmark as torch_benchmark
 
-from tangtoc.bench.measure import MIN_BLOCK_SECONDS, Measurement, measure
+from tangtoc.bench.measure import MAX_RUNS, MIN_BLOCK_SECONDS, Measurement, measure
 
 
 class FakeClock:
@@ -86,8 +86,10 @@ def test_max_time_bounds_a_slow_function() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"min_time": 0}, "0 < min_time <= max_time"),
-        ({"min_time": 2.0, "max_time": 1.0}, "0 < min_time <= max_time"),
+        ({"min_time": 0}, "0 < min_time <= max_time < inf"),
+        ({"min_time": 2.0, "max_time": 1.0}, "0 < min_time <= max_time < inf"),
+        ({"min_time": float("nan")}, "0 < min_time <= max_time < inf"),
+        ({"min_time": 1.0, "max_time": float("inf")}, "0 < min_time <= max_time < inf"),
         ({"min_runs": 0}, "min_runs and warmup must be at least 1"),
         ({"warmup": 0}, "min_runs and warmup must be at least 1"),
     ],
@@ -114,6 +116,13 @@ def test_thread_count_is_restored_even_after_an_error() -> None:
 def test_gpu_only_options_are_ignored_on_the_cpu() -> None:
     m = measure(lambda: torch.ones(10).sum(), flush_l2=True, cuda_graph=True, min_time=0.01)
     assert m.device == "cpu" and m.median > 0
+    assert m.number_per_block > 1  # with an L2 flush every block would be a single call
+
+
+def test_the_number_of_blocks_is_bounded() -> None:
+    clock = FakeClock()
+    m = measure(ticking(clock, constant(1e-3)), clock=clock, min_time=100.0, max_time=200.0)
+    assert m.runs == MAX_RUNS
 
 
 def test_measurement_dict_has_units_in_its_keys() -> None:
@@ -158,3 +167,13 @@ def test_forgetting_to_synchronize_mis_measures_on_cuda() -> None:
     assert unsynced < 0.5 * correct, (unsynced, correct)
     flops = 2 * 4096**3 / correct
     assert flops < 2e15, "a correct measurement cannot exceed any GPU's peak"
+
+
+@pytest.mark.cuda
+def test_l2_flush_and_graph_replay_run_on_cuda() -> None:
+    x = torch.randn(1 << 20, device="cuda")
+    flushed = measure(lambda: x * 2, device="cuda", flush_l2=True, min_time=0.05, max_time=0.5)
+    assert flushed.number_per_block == 1 and flushed.runs <= 1000
+    graphed = measure(lambda: x * 2, device="cuda", cuda_graph=True, min_time=0.05)
+    eager = measure(lambda: x * 2, device="cuda", min_time=0.05)
+    assert graphed.median <= eager.median * 1.5

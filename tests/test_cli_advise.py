@@ -77,7 +77,7 @@ def test_a_module_that_fails_on_import_shows_its_traceback(tmp_path: Path, capsy
         (["--size", "huge"], "unknown mlp size 'huge'; the sizes are: small, large"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--factory", "x:y", "gpt"], "--factory replaces the built-in model"),
-        (["--json", "/proc/no/such/dir/a.json"], "cannot write /proc/no/such/dir/a.json"),
+        (["--json", "/proc/no/such/dir/a.json"], "--json: cannot create the folder /proc/no/such/dir"),
         (["--factory", "no/such/file.py:make"], "no such file 'no/such/file.py'"),
     ],
 )

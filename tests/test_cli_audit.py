@@ -176,3 +176,18 @@ def test_end_to_end_as_a_command(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "2 step(s)" in proc.stdout and "done" not in proc.stdout  # stopped after 2 steps
+
+
+def test_no_script_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit"]) == 2
+    assert "give the training script to run" in capsys.readouterr().err
+
+
+def test_an_unwritable_json_path_is_refused_before_the_script_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    path = script(tmp_path, f"open({str(marker)!r}, 'w').close()\n" + TRAIN_LOOP.format(steps=2))
+    assert main(["audit", str(path), "--json", "/proc/no/such/dir/r.json"]) == 2
+    assert "--json: cannot create the folder /proc/no/such/dir" in capsys.readouterr().err
+    assert not marker.exists()

@@ -20,9 +20,9 @@ FAST = ["--min-time", "0.01", "--matmul-sizes", "64", "--op-sizes", "100"]
         (["bench", "nosuch"], "unknown suite 'nosuch'; the suites are: matmul, small-ops"),
         (["bench", "--device", "cuda"], "this PyTorch build is CPU-only"),
         (["bench", "--device", "gpu"], "Did you mean 'cuda'"),
-        (["bench", "--json", "/proc/no/such/dir/b.json"], "cannot write /proc/no/such/dir/b.json"),
+        (["bench", "--json", "/proc/no/such/dir/b.json"], "--json: cannot create the folder /proc/no/such/dir"),
+        (["bench", "--plot", "/"], "--plot / is a folder; give a file name"),
         (["bench", "matmul", "--matmul-sizes", "1000000"], "matmul size 1000000 needs .* but cpu has .* free"),
-        (["bench", "--min-time", "0"], "--min-time must be positive"),
     ],
 )
 def test_bad_input_is_a_usage_error(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,11 +32,22 @@ def test_bad_input_is_a_usage_error(argv: list[str], message: str, capsys: pytes
     assert "Traceback" not in err
 
 
-def test_malformed_sizes_are_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--op-sizes", "ten"], "expected comma-separated positive integers"),
+        (["--min-time", "0"], "expected a finite number of seconds greater than 0, got '0'"),
+        (["--min-time", "inf"], "expected a finite number of seconds greater than 0, got 'inf'"),
+        (["--min-time", "nan"], "expected a finite number of seconds greater than 0, got 'nan'"),
+    ],
+)
+def test_malformed_values_are_rejected_by_the_parser(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["bench", "--op-sizes", "ten"])
+        main(["bench", *argv])
     assert exc.value.code == 2
-    assert "expected comma-separated positive integers" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_a_small_run_writes_table_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -530,14 +530,38 @@ def test_available_devices_lists_each_gpu(fake_cuda) -> None:
     assert tt.available_devices() == [CPU, torch.device("cuda", 0), torch.device("cuda", 1)]
 
 
-@pytest.mark.parametrize(("tf32_matmul", "tf32_conv", "precision"), [(True, False, "high"), (False, True, "highest")])
-def test_float32_math_sets_and_restores_both_flags(tf32_matmul: bool, tf32_conv: bool, precision: str) -> None:
-    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+def _tf32_settings() -> tuple:
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize(("tf32_matmul", "tf32_conv"), [(True, False), (False, True)])
+def test_float32_math_sets_and_restores_both_flags(tf32_matmul: bool, tf32_conv: bool) -> None:
+    before = _tf32_settings()
     with (
         pytest.raises(RuntimeError, match="inside"),
         tt.device.float32_math(tf32_matmul=tf32_matmul, tf32_conv=tf32_conv),
     ):
-        assert torch.get_float32_matmul_precision() == precision
-        assert torch.backends.cudnn.allow_tf32 is tf32_conv
+        assert tt.device.tf32_matmul_enabled() is tf32_matmul
+        if hasattr(torch.backends.cudnn, "conv"):
+            assert torch.backends.cudnn.conv.fp32_precision == ("tf32" if tf32_conv else "ieee")
         raise RuntimeError("inside")
-    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+    assert _tf32_settings() == before
+
+
+def test_tf32_state_is_read_whichever_api_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program that used torch's newer per-backend setting makes the legacy getter raise; we must not."""
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9 has only the legacy API")
+    saved = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
+            torch.get_float32_matmul_precision()
+        assert tt.device.tf32_matmul_enabled() is True
+        with tt.device.float32_math(tf32_matmul=False):
+            assert tt.device.tf32_matmul_enabled() is False
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = saved

@@ -98,3 +98,21 @@ def test_diagnose_reads_this_machine() -> None:
     data = report.to_dict()
     assert data["healthy"] is report.healthy
     assert data["environment"]["cpu_cores"] == env.cpu_cores
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("gpu", "Did you mean 'cuda'"), ("cuda:99", "CPU-only|out of range")],  # the latter on a GPU machine
+)
+def test_an_unusable_tangtoc_device_is_a_problem(value: str, message: str) -> None:
+    (p,) = doctor.find_problems(make_env(env_vars={"TANGTOC_DEVICE": value}))
+    assert p.code == "tangtoc-device-unusable" and p.severity == "problem"
+    assert re.search(message, p.detail), p.detail
+
+
+def test_tf32_advice_does_not_make_the_machine_unhealthy() -> None:
+    env = make_env(devices=(gpu((9, 0), tf32=False),))
+    (p,) = doctor.find_problems(env)
+    assert p.severity == "advice"
+    assert doctor.DoctorReport(env, (p,)).healthy
+    assert not doctor.DoctorReport(env, (p, dataclasses.replace(p, severity="problem"))).healthy

@@ -721,3 +721,10 @@ def test_named_tensors_of_a_tensor_and_a_batch_encoding() -> None:
     assert list(tt.named_tensors(t, prefix="loss")) == [("loss", t)]
     enc = FakeBatchEncoding({"input_ids": t})
     assert list(tt.named_tensors(enc)) == [("['input_ids']", t)]
+
+
+def test_fetch_packed_path_reads_conjugate_and_negative_views() -> None:
+    z = torch.tensor(1 + 2j, dtype=torch.complex64)
+    views = [z.conj(), z.conj().imag]  # a conjugate view and a negative view: no plain bytes to reinterpret
+    fake = [v.as_subclass(FakeCuda) for v in views]
+    assert tt.fetch(*fake) == (1 - 2j, -2.0)

@@ -48,8 +48,12 @@ class CudaFacts:
         return self.visible_devices is not None and self.visible_devices.strip().lower() in _HIDING_VALUES
 
 
+@functools.lru_cache(maxsize=1)
 def nvidia_driver_present() -> bool:
-    """True when an NVIDIA kernel driver is loaded or ``nvidia-smi`` is on the PATH."""
+    """True when an NVIDIA kernel driver is loaded or ``nvidia-smi`` is on the PATH.
+
+    Cached: a driver does not come or go while a process runs, and ``to_device(batch, "auto")`` asks on every
+    batch (looking on disk and along the PATH costs tens of microseconds)."""
     return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
 
 
@@ -240,11 +244,34 @@ def pick_device(prefer: DeviceLike | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def _new_tf32_api() -> bool:
+    # torch >= 2.9 has per-backend fp32_precision settings; once a program uses them, the legacy getter
+    # torch.get_float32_matmul_precision() raises ("mix of the legacy and new APIs"), so we must use them too.
+    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+
+
+def tf32_matmul_enabled() -> bool:
+    """Whether float32 matmuls on CUDA may use TF32 tensor cores in this process, whichever API set it."""
+    if _new_tf32_api() and torch.backends.cuda.matmul.fp32_precision != "none":
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
+    return torch.get_float32_matmul_precision() != "highest"
+
+
 @contextlib.contextmanager
 def float32_math(*, tf32_matmul: bool, tf32_conv: bool = True) -> Iterator[None]:
     """Run float32 matmuls (and cuDNN convolutions) on TF32 tensor cores or in full FP32, restoring both settings
     on exit. TF32 keeps a 10-bit mantissa that training tolerates and is about 8x the FP32 rate on Ampere and newer.
     PyTorch's defaults are FP32 matmuls and TF32 convolutions."""
+    if _new_tf32_api():
+        matmul_cfg, conv_cfg = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+        saved = matmul_cfg.fp32_precision, conv_cfg.fp32_precision
+        matmul_cfg.fp32_precision = "tf32" if tf32_matmul else "ieee"
+        conv_cfg.fp32_precision = "tf32" if tf32_conv else "ieee"
+        try:
+            yield
+        finally:
+            matmul_cfg.fp32_precision, conv_cfg.fp32_precision = saved
+        return
     matmul, conv = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("high" if tf32_matmul else "highest")
     torch.backends.cudnn.allow_tf32 = tf32_conv
@@ -291,7 +318,7 @@ class DeviceInfo:
     compute_capability: tuple[int, int] | None
     multiprocessors: int | None
     bf16_supported: bool | None
-    tf32_matmul: bool | None  # TF32 used for float32 matmuls (torch.get_float32_matmul_precision() != "highest")
+    tf32_matmul: bool | None  # TF32 used for float32 matmuls in this process (see tf32_matmul_enabled)
     tf32_cudnn: bool | None
     torch_version: str
     cuda_version: str | None
@@ -359,8 +386,8 @@ def describe(device: DeviceLike | None = None) -> DeviceInfo:
             free_memory=free,
             compute_capability=(props.major, props.minor),
             multiprocessors=props.multi_processor_count,
-            bf16_supported=torch.cuda.is_bf16_supported(),
-            tf32_matmul=torch.get_float32_matmul_precision() != "highest",
+            bf16_supported=props.major >= 8,  # of this device (is_bf16_supported() asks the current one)
+            tf32_matmul=tf32_matmul_enabled(),
             tf32_cudnn=bool(torch.backends.cudnn.allow_tf32),
             peak_flops=dict(spec.peak_flops) if spec else None,
             memory_bandwidth=spec.memory_bandwidth if spec else None,

@@ -17,7 +17,17 @@ from typing import Any
 
 import torch
 
-from tangtoc.device import CudaFacts, DeviceInfo, available_devices, cpu_cores, cpu_model, cuda_facts, describe
+from tangtoc.device import (
+    CudaFacts,
+    DeviceInfo,
+    available_devices,
+    cpu_cores,
+    cpu_model,
+    cuda_facts,
+    describe,
+    resolve,
+)
+from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError
 
 #: /dev/shm below this makes DataLoader workers die with "bus error" (Docker's default is 64 MiB).
 MIN_SHM_BYTES = 1 << 30
@@ -37,12 +47,17 @@ _CXX_COMPILERS = ("c++", "g++", "clang++")
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing that will make training slower or fail, and how to fix it."""
+    """One thing that will make training slower or fail, and how to fix it.
+
+    ``severity`` is ``"problem"`` for a setting of this machine or process that is wrong (it makes the report
+    unhealthy), or ``"advice"`` for something to do in the training script itself, which doctor cannot see.
+    """
 
     code: str  # stable identifier, for scripts
     title: str
     detail: str
     fix: str
+    severity: str = "problem"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +135,22 @@ def find_problems(env: Environment) -> list[Problem]:
                 "unset CUDA_VISIBLE_DEVICES, or list the GPUs to use: export CUDA_VISIBLE_DEVICES=0",
             )
         )
+    requested = env.env_vars.get("TANGTOC_DEVICE")
+    if requested:
+        try:
+            resolve(requested)
+        except (InvalidDeviceError, DeviceUnavailableError) as e:
+            problems.append(
+                Problem(
+                    "tangtoc-device-unusable",
+                    f"TANGTOC_DEVICE={requested!r} cannot be used",
+                    f"every tt.pick_device() and tt.to_device(..., 'auto') will fail: {e}",
+                    "unset TANGTOC_DEVICE, or set it to a device listed above (cpu, cuda:0, ...).",
+                )
+            )
     for info in env.devices:
+        # PyTorch leaves TF32 off for float32 matmuls by default. Whether a script turns it on, doctor cannot
+        # see (it is a setting of the training process), so this is advice, not a fault of the machine.
         if (
             info.kind == "cuda"
             and info.compute_capability
@@ -130,10 +160,11 @@ def find_problems(env: Environment) -> list[Problem]:
             problems.append(
                 Problem(
                     "tf32-off",
-                    f"TF32 is off on {info.label} ({info.name}), an Ampere-or-newer GPU",
-                    "float32 matmuls run on the slow FP32 path; TF32 tensor cores are several times faster "
-                    "with accuracy that suits training.",
-                    'torch.set_float32_matmul_precision("high") at the start of training.',
+                    f"TF32 is off by default on {info.label} ({info.name}), an Ampere-or-newer GPU",
+                    "float32 matmuls run on the slow FP32 path unless the training script allows TF32; its tensor "
+                    "cores are several times faster with accuracy that suits training.",
+                    'torch.set_float32_matmul_precision("high") at the start of training (tt.fit does it for you).',
+                    severity="advice",
                 )
             )
     if env.env_vars.get("CUDA_LAUNCH_BLOCKING", "0").strip() not in ("", "0"):
@@ -177,7 +208,8 @@ class DoctorReport:
 
     @property
     def healthy(self) -> bool:
-        return not self.problems
+        """No problem of this machine or process (advice for the training script does not count)."""
+        return not any(p.severity == "problem" for p in self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         return {"healthy": self.healthy, **dataclasses.asdict(self)}

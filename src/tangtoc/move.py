@@ -319,7 +319,8 @@ def fetch(*values: torch.Tensor | Scalar | np.generic) -> tuple[Scalar, ...]:
         elif not isinstance(v, (bool, int, float, complex)):
             raise TypeError(f"fetch takes tensors and numbers; argument {i} is a {type(v).__name__}.")
     for dev, idx in by_device.items():
-        tensors = [values[i].detach().reshape(1) for i in idx]  # type: ignore[union-attr]
+        # resolve_conj/neg: a conjugate or negative view cannot be reinterpreted as bytes.
+        tensors = [values[i].detach().resolve_conj().resolve_neg().reshape(1) for i in idx]  # type: ignore[union-attr]
         if dev.type == "cpu":
             for i, t in zip(idx, tensors, strict=True):
                 out[i] = t.item()

@@ -121,12 +121,16 @@ def measure_step(
         )
 
 
-def measure_link(device: torch.device | str, nbytes: int = 64 << 20) -> float:
-    """Measured host-to-device bandwidth (bytes/s) of a pinned copy of ``nbytes`` to a CUDA ``device``."""
+def measure_link(device: torch.device | str, nbytes: int = 64 << 20, *, pinned: bool = False) -> float:
+    """Measured host-to-device bandwidth (bytes/s) of a copy of ``nbytes`` to a CUDA ``device``: from pageable
+    memory by default, as a batch the user made with ``torch.tensor``/NumPy is, or from pinned memory."""
     dev = resolve(device)
-    src = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
     dst = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-    m = measure(lambda: dst.copy_(src, non_blocking=True), device=dev, label="pinned host-to-device copy", min_time=0.1)
+    kind = "pinned" if pinned else "pageable"
+    m = measure(
+        lambda: dst.copy_(src, non_blocking=pinned), device=dev, label=f"{kind} host-to-device copy", min_time=0.1
+    )
     return nbytes / m.median
 
 
@@ -351,10 +355,11 @@ def advise(
     # Then every accelerator, the batch copied every step and resident.
     link_bw: dict[str, float] = {}
     for d in accelerators:
-        name = describe(d).name
+        info = describe(d)
+        name = info.name
         variants = [("fp32", "copied"), ("fp32", "resident")]
         if d.type == "cuda":
-            variants += [("tf32", "resident"), ("bf16" if torch.cuda.is_bf16_supported() else "fp16", "resident")]
+            variants += [("tf32", "resident"), ("bf16" if info.bf16_supported else "fp16", "resident")]
             say(f"measuring the host-to-device link of {d}")
             link_bw[str(d)] = measure_link(d)
         for precision, data in variants:
@@ -388,7 +393,7 @@ def advise(
             own = next((dev for dev, s in present.items() if s is spec), None)
             a = assumptions
             if own is not None and own in link_bw:
-                a = replace(assumptions, link_bandwidth=link_bw[own], link_name=f"measured on {own}, pinned")
+                a = replace(assumptions, link_bandwidth=link_bw[own], link_name=f"measured on {own}, pageable")
             preds = _predict_all(counts, spec, label, a)
             predicted += preds.values()
             predicted_options.append((_option(f"{label}, predicted", "predicted", preds, a), spec))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from tangtoc.bench.cases import BenchConfig, Case, Row, checked
-from tangtoc.device import DeviceInfo, describe, float32_math
+from tangtoc.device import DeviceInfo, describe, float32_math, synchronize
 
 # Square sizes of the matmul suite. The CPU stops earlier in the quick run; in the full run every
 # size is tried while its estimated time stays inside PER_CASE_BUDGET.
@@ -92,7 +92,7 @@ def _matmul_case(
     return run
 
 
-# name -> (function, bytes moved per element at float32, float64 reference)
+# name -> (function, bytes moved per element at float32); the same function gives the float64 reference
 _SMALL_OPS: dict[str, tuple[Callable[..., torch.Tensor], int]] = {
     "add": (lambda x, y: x + y, 12),
     "mul": (lambda x, y: x * y, 12),
@@ -179,14 +179,18 @@ def _copy_case(
         kind = ("pinned" if pinned else "pageable") + (" non-blocking" if non_blocking else "")
         row = Row(suite="transfer", case=f"{direction} {kind}", device=str(device), dtype="uint8", size=nbytes)
         host = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, pin_memory=pinned)
-        on_device = host.to(device)
+        on_device = torch.zeros(nbytes, dtype=torch.uint8, device=device)
+        if direction == "d2h":  # the source holds the data, the destination something else: a copy must change it
+            on_device.copy_(host)
+            host.zero_()
         dst, src = (on_device, host) if direction == "h2d" else (host, on_device)
 
         def fn() -> None:
             dst.copy_(src, non_blocking=non_blocking)
 
         fn()
-        if not torch.equal(on_device.cpu(), host):
+        synchronize(device)
+        if not torch.equal(dst.cpu(), src.cpu()):
             raise AssertionError("wrong result: the copy does not match its source; the time is not reported.")
         row.check = "bytes identical after the copy"
         row.measurement = cfg.time(fn, device, row.case)

@@ -102,7 +102,8 @@ def _gpt2_case(cfg: BenchConfig, device: torch.device) -> Callable[[], Row]:
         gen = torch.Generator().manual_seed(0)
         idx = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=gen)
         x, y = idx[:, :-1].to(device), idx[:, 1:].to(device)
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        info = describe(device)
+        use_bf16 = device.type == "cuda" and bool(info.bf16_supported)
         dtype_key = "bfloat16" if use_bf16 else "float32"
 
         def loss_of(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -124,7 +125,7 @@ def _gpt2_case(cfg: BenchConfig, device: torch.device) -> Callable[[], Row]:
         row.measurement = cfg.time(step, device, row.case, min_runs=3, warmup=2)
         seconds = row.measurement.median
         tokens_per_s = batch * seq / seconds
-        peak = (describe(device).peak_flops or {}).get(dtype_key)
+        peak = (info.peak_flops or {}).get(dtype_key)
         flops = model.flops_per_token(seq) * tokens_per_s
         row.metrics = {
             "ms_per_step": seconds * 1e3,

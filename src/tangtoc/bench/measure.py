@@ -16,6 +16,7 @@ The clock is injectable (``clock=``), so the statistics are tested on a fake clo
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ MIN_BLOCK_SECONDS = 1e-3
 #: Spread above which a measurement carries a warning (IQR / median).
 NOISY_SPREAD = 0.10
 _MAX_NUMBER = 1 << 20
+#: At most this many timed blocks: enough for stable quartiles, and a bound on the wall time.
+MAX_RUNS = 1000
 _L2_FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2 (H100: 50 MB; B200: 126 MB)
 
 
@@ -144,15 +147,16 @@ def _l2_flusher(device: torch.device) -> Callable[[], None]:
 
 def _graphed(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
     """Capture ``fn`` in a CUDA graph and return its replay: one launch for all of ``fn``'s kernels."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm up on a side stream, as graph capture requires
-        for _ in range(3):
+    with torch.cuda.device(device):  # capture on the device measured, not whichever is current
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up on a side stream, as graph capture requires
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
             fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
     return graph.replay
 
 
@@ -176,7 +180,8 @@ def measure(
         fn: the work to time, called with no arguments. Its result is ignored.
         device: where ``fn``'s work runs; decides how the clock synchronizes.
         min_time: keep timing blocks until this many seconds were measured (and ``min_runs`` blocks)...
-        max_time: ...but stop once this many seconds were measured, even with fewer runs.
+        max_time: ...but stop once this many seconds were measured, even with fewer runs, or after
+            :data:`MAX_RUNS` blocks.
         min_runs: the fewest timed blocks wanted for median and IQR.
         warmup: calls made before anything is timed (at least one).
         flush_l2: on a GPU, overwrite the L2 cache before every timed call, so each call reads its
@@ -186,8 +191,8 @@ def measure(
         threads: CPU threads for the duration (``torch.set_num_threads``); restored afterwards.
         clock: replaces the device's clock (tests use a fake one).
     """
-    if min_time <= 0 or max_time < min_time:
-        raise ValueError(f"need 0 < min_time <= max_time, got min_time={min_time}, max_time={max_time}.")
+    if not (0 < min_time <= max_time < math.inf):
+        raise ValueError(f"need 0 < min_time <= max_time < inf, got min_time={min_time}, max_time={max_time}.")
     if min_runs < 1 or warmup < 1:
         raise ValueError(f"min_runs and warmup must be at least 1, got min_runs={min_runs}, warmup={warmup}.")
     dev = resolve(device)
@@ -221,7 +226,9 @@ def measure(
                 elapsed = block(number)
         times = [elapsed / number]
         total = elapsed
-        while (total < min_time or len(times) < min_runs) and total < max_time:
+        # MAX_RUNS bounds the wall time where each block is tiny and has untimed set-up (an L2 flush): there
+        # the measured total grows far slower than the clock on the wall.
+        while (total < min_time or len(times) < min_runs) and total < max_time and len(times) < MAX_RUNS:
             elapsed = block(number)
             total += elapsed
             times.append(elapsed / number)

@@ -208,5 +208,5 @@ def plot(path: Path, rows: Sequence[Row]) -> None:
         ax_s.axhline(1, color="grey", linewidth=0.8)
     fig.suptitle("tangtoc bench: " + ", ".join(sorted({r.device for r in rows})) + f" | torch {torch.__version__}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # PNG whatever the name: plot.out stays plot.out
     plt.close(fig)

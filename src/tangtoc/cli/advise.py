@@ -31,6 +31,7 @@ from torch import nn
 from tangtoc.advise import Advice, Assumptions, advise
 from tangtoc.advise.count import batch_size_of
 from tangtoc.advise.decide import fmt_duration, fmt_seconds
+from tangtoc.cli.args import UsageError, check_writable, seconds
 from tangtoc.cli.render import console, fmt_bytes, to_json
 from tangtoc.errors import TangtocError
 from tangtoc.hardware import BY_SHORT_NAME
@@ -42,10 +43,6 @@ CNN_SIZES = {"small": CNNConfig(), "large": CNNConfig(channels=(64, 128, 256, 51
 DEFAULT_SIZE = {"mlp": "small", "cnn": "small", "gpt": "mini"}
 DEFAULT_BATCH = {"mlp": 64, "cnn": 64, "gpt": 8}
 SIZES = {"mlp": tuple(MLP_SIZES), "cnn": tuple(CNN_SIZES), "gpt": GPT_SIZES}
-
-
-class UsageError(TangtocError, ValueError):
-    """A flag's value or a factory that cannot work; reported with exit status 2."""
 
 
 class FactoryError(UsageError):
@@ -92,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="write everything measured and predicted")
     p.add_argument("--threads", type=int, help="CPU threads for torch while measuring (default: torch's choice)")
-    p.add_argument("--min-time", type=float, default=0.3, help="seconds measured per configuration (default 0.3)")
+    p.add_argument("--min-time", type=seconds, default=0.3, help="seconds measured per configuration (default 0.3)")
     p.add_argument(
         "--launch-us",
         type=float,
@@ -390,20 +387,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--epochs must be > 0 and --dataset-size >= 1, got {args.epochs} and {args.dataset_size}.")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}.")
-    if args.min_time <= 0:
-        raise UsageError(f"--min-time must be positive, got {args.min_time}.")
     if args.launch_us is not None and args.launch_us < 0:
         raise UsageError(f"--launch-us must be >= 0, got {args.launch_us}.")
     for target in args.target or ():
         if target.lower() not in BY_SHORT_NAME and target.lower() != "auto":
             raise UsageError(f"unknown --target {target!r}; known: auto, {', '.join(BY_SHORT_NAME)}.")
-    if args.json is not None:
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            with open(args.json, "a"):
-                pass
-        except OSError as e:
-            raise UsageError(f"cannot write {args.json}: {e.strerror}. Choose a writable path.") from None
+    check_writable(args.json, "--json")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from rich.console import Console
 
+from tangtoc.cli.args import UsageError, check_writable
 from tangtoc.cli.render import console, fmt_bytes, to_json
 from tangtoc.diagnose.audit import Audit
 from tangtoc.diagnose.audit_report import (
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tangtoc audit --steps 5 train.py --steps 100. "
         "Exit status: the script's own; 1 when it raised or had no steps; 2 for a usage error.",
     )
-    p.add_argument("script", metavar="SCRIPT", help="the training script")
+    # nargs="?" so a missing SCRIPT gets our message, not argparse's "required: SCRIPT, ARGS" (ARGS is optional).
+    p.add_argument("script", nargs="?", metavar="SCRIPT", help="the training script")
     p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
     p.add_argument("--steps", type=int, metavar="N", help=f"stop after N optimizer steps (default {DEFAULT_STEPS})")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
@@ -133,6 +135,14 @@ def run(args: argparse.Namespace) -> int:
         _say(err, f"tangtoc audit: error: {options}")
         return EXIT_USAGE
     steps, json_file, script_args = options
+    if args.script is None:
+        _say(err, "tangtoc audit: error: give the training script to run, e.g. `tangtoc audit train.py --steps 10`.")
+        return EXIT_USAGE
+    try:
+        check_writable(Path(json_file) if json_file else None, "--json")
+    except UsageError as e:
+        _say(err, f"tangtoc audit: error: {e}")
+        return EXIT_USAGE
     path = Path(args.script)
     if not path.is_file():
         _say(

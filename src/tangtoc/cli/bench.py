@@ -17,16 +17,12 @@ from rich.text import Text
 from tangtoc import bench
 from tangtoc.bench import kernels, report
 from tangtoc.bench.cases import BenchConfig, Row
+from tangtoc.cli.args import UsageError, check_writable, seconds
 from tangtoc.cli.render import console, fmt_bytes
 from tangtoc.device import available_devices, describe, resolve
-from tangtoc.errors import TangtocError
 from tangtoc.models import GPT_SIZES
 
 QUICK = ("matmul", "small-ops", "transfer", "residency", "gpt2")
-
-
-class UsageError(TangtocError, ValueError):
-    """A flag's value that cannot work; reported with exit status 2."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="measure CPU against GPU: matmul, small ops, transfers, residency, GPT-2 training",
         description="Run benchmark suites on the CPU and every GPU present (or the --device ones), each kernel "
-        "checked against a float64 CPU reference. The default quick run takes about a minute on a 2-core CPU. "
+        "checked against a float64 CPU reference. The default quick run takes about 20 s on a 2-core CPU. "
         f"Suites: {', '.join(bench.SUITES)} (default: all).",
     )
     p.add_argument("suites", nargs="*", metavar="SUITE", help="suites to run (default: all)")
@@ -46,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true", help="larger sizes and the real GPT-2 124M: takes much longer")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every measurement with its metadata")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write speed-up and bandwidth plots")
-    p.add_argument("--min-time", type=float, default=0.2, help="seconds measured per case, at least (default 0.2)")
+    p.add_argument("--min-time", type=seconds, default=0.2, help="seconds measured per case, at least (default 0.2)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     p.add_argument("--matmul-sizes", type=_sizes, metavar="N,N,...", help="square matmul sizes (default 64 ... 8192)")
     p.add_argument(
@@ -73,17 +69,6 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _check_writable(path: Path | None) -> None:
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror}. Choose a writable path.") from None
-
-
 def _check_memory(cfg: BenchConfig, matmul_sizes: tuple[int, ...] | None, op_sizes: tuple[int, ...] | None) -> None:
     needs = [(n, 3 * n * n * 4, "matmul size", "3 float32 matrices") for n in matmul_sizes or ()]
     needs += [(n, 3 * n * 4, "op size", "3 float32 vectors") for n in op_sizes or ()]
@@ -101,8 +86,6 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     unknown = [s for s in args.suites if s not in bench.SUITES]
     if unknown:
         raise UsageError(f"unknown suite {', '.join(map(repr, unknown))}; the suites are: {', '.join(bench.SUITES)}.")
-    if args.min_time <= 0:
-        raise UsageError(f"--min-time must be positive, got {args.min_time}.")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}.")
     if args.token_budget <= 0:
@@ -123,8 +106,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         infos={str(d): describe(d) for d in devices},
     )
     _check_memory(cfg, args.matmul_sizes, args.op_sizes)
-    _check_writable(args.json)
-    _check_writable(args.plot)
+    check_writable(args.json, "--json")
+    check_writable(args.plot, "--plot")
     return cfg
 
 

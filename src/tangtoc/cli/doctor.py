@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rich.markup import escape
+
 from tangtoc import doctor
 from tangtoc.cli.render import console, fmt_bytes, fmt_flops, to_json
 from tangtoc.device import DeviceInfo
@@ -64,12 +66,17 @@ def run(args: argparse.Namespace) -> int:
     for line in lines:
         out.print(line, markup=False, soft_wrap=True)
     out.print("```", markup=False)
-    if report.healthy:
+    faults = [p for p in report.problems if p.severity == "problem"]
+    advice = [p for p in report.problems if p.severity != "problem"]
+    if faults:
+        out.print(f"[bold red]{len(faults)} problem(s) found[/bold red]")
+    else:
         out.print("[green]No problems found.[/green]")
-        return 0
-    out.print(f"[bold red]{len(report.problems)} problem(s) found[/bold red]")
-    for n, p in enumerate(report.problems, 1):
-        out.print(f"[bold]{n}. {p.title}[/bold]", soft_wrap=True)
-        out.print(f"   why: {p.detail}", markup=False, soft_wrap=True)
-        out.print(f"   [green]fix:[/green] {p.fix}", soft_wrap=True)
-    return 1
+    for heading, items in (("", faults), ("Advice for your training script", advice)):
+        if heading and items:
+            out.print(f"[bold]{heading}[/bold]")
+        for n, p in enumerate(items, 1):
+            out.print(f"[bold]{n}. {escape(p.title)}[/bold]", soft_wrap=True)
+            out.print(f"   why: {p.detail}", markup=False, soft_wrap=True)
+            out.print(f"   [green]fix:[/green] {escape(p.fix)}", soft_wrap=True)
+    return 0 if report.healthy else 1
