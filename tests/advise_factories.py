@@ -58,3 +58,16 @@ def shapes_do_not_multiply() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tenso
 
 
 NOT_A_FUNCTION = 42
+
+
+def id_outside_vocabulary() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], object]:
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(ids).mean(1))  # IndexError: ids go up to 99, the table has 10 rows
+
+    return Classifier(), (torch.randint(0, 100, (4, 5)), torch.randint(0, 3, (4,))), F.cross_entropy

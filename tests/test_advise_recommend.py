@@ -17,21 +17,13 @@ import torch.nn.functional as F
 
 from tangtoc.advise import recommend
 from tangtoc.advise.count import batch_size_of
-from tangtoc.advise.decide import (
-    Crossover,
-    GpuOption,
-    LinearFit,
-    decide,
-    find_crossover,
-    fmt_duration,
-    fmt_ratio,
-    fmt_seconds,
-)
+from tangtoc.advise.decide import Crossover, GpuOption, LinearFit, decide, find_crossover
 from tangtoc.advise.recommend import Advice, advise, job_steps_of, resolve_targets
 from tangtoc.bench.measure import Measurement
 from tangtoc.cli.render import to_json
 from tangtoc.hardware import BY_SHORT_NAME, HardwareSpec
 from tangtoc.models import MLP, MLPConfig
+from tangtoc.units import fmt_duration, fmt_ratio, fmt_seconds
 
 
 def _gpu(

@@ -59,6 +59,15 @@ def test_a_step_that_fails_is_a_failed_run(capsys: pytest.CaptureFixture[str]) -
     assert "cannot be multiplied" in err and "Traceback" not in err
 
 
+@pytest.mark.usefixtures("factories_on_path")
+def test_any_error_of_the_users_step_is_a_message_with_their_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["advise", "--factory", "advise_factories:id_outside_vocabulary", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "failed: IndexError: index out of range in self" in err
+    assert "Where, in your code:" in err and "advise_factories.py" in err and "return self.head(" in err
+    assert "Traceback" not in err
+
+
 def test_a_module_that_fails_on_import_shows_its_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     script = tmp_path / "broken_workload.py"
     script.write_text("import torch\nraise RuntimeError('boom at import')\n")
@@ -74,7 +83,7 @@ def test_a_module_that_fails_on_import_shows_its_traceback(tmp_path: Path, capsy
         (["--steps", "10", "--epochs", "1", "--dataset-size", "100"], "give either --steps, or --epochs"),
         (["--epochs", "2"], "--epochs and --dataset-size go together"),
         (["--target", "h1000"], r"unknown --target 'h1000'; known: auto, a100"),
-        (["--size", "huge"], "unknown mlp size 'huge'; the sizes are: small, large"),
+        (["--size", "huge"], "unknown mlp size 'huge'; the sizes are: large, small, mini, tiny"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--factory", "x:y", "gpt"], "--factory replaces the built-in model"),
         (["--json", "/proc/no/such/dir/a.json"], "--json: cannot create the folder /proc/no/such/dir"),

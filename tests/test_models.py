@@ -142,7 +142,7 @@ def test_mlp_sizes_by_name() -> None:
     widths = [mlp_config(name).hidden for name in MLP_SIZES]
     assert widths == sorted(widths, reverse=True)
     assert mlp_config("mini", in_features=784).in_features == 784
-    with pytest.raises(ValueError, match=r"unknown MLP size 'huge'; expected one of small, mini, tiny"):
+    with pytest.raises(ValueError, match=r"unknown MLP size 'huge'; expected one of large, small, mini, tiny"):
         mlp_config("huge")
     with pytest.raises(TypeError, match=r"unknown field\(s\) width"):
         mlp_config("tiny", width=3)

@@ -394,7 +394,8 @@ def check_loss(loss: Any, loss_fn: LossFn | None) -> torch.Tensor:
 
 
 def default_optimizer(params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    """AdamW with PyTorch's defaults, the common choice for training from scratch."""
+    """AdamW (lr 1e-4, PyTorch's other defaults), the common choice for training from scratch; the rate does not
+    change the count."""
     return torch.optim.AdamW(params, lr=1e-4)
 
 

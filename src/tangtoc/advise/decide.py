@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tangtoc.bench.measure import Measurement
+from tangtoc.units import fmt_duration, fmt_ratio, fmt_seconds
 
 #: A GPU must be at least this much faster per step to be worth moving to (renting, copying data, waiting for a
 #: machine): below it, the answer is "stay on the CPU".
@@ -20,38 +21,6 @@ WORTH_IT = 1.5
 SHORT_JOB_S = 600.0
 #: A change is suggested when it saves at least this fraction of the GPU step.
 SUGGEST_SAVING = 0.10
-
-
-# -- formatting shared with the CLI -----------------------------------------------------------------------------
-
-
-def fmt_seconds(s: float) -> str:
-    """A step time with its unit: ``"1.23 ms"``, ``"450 us"``, ``"2.1 s"``."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if s >= 0.9995 * scale:  # what rounds to 1 of a unit is shown in it: "1 ms", not "1e+03 us"
-            value = s / scale
-            return f"{value:.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
-    return f"{s * 1e9:.3g} ns"
-
-
-def fmt_ratio(x: float) -> str:
-    """A speed-up to two significant figures (a prediction is no more precise): ``"1.6x"``, ``"42x"``, ``"1,100x"``."""
-    return f"{float(f'{x:.2g}'):,.0f}x" if x >= 10 else f"{x:.2g}x"
-
-
-def fmt_duration(s: float) -> str:
-    """A job's wall time, to the precision anyone plans with: ``"3 h 10 min"``, ``"5 min"``, ``"42 s"``."""
-    if s < 1:
-        return fmt_seconds(s)
-    if s < 60:
-        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
-    minutes = round(s / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours >= 48:
-        return f"{s / 86400:.1f} days"
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 # -- what was measured ------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 
 from tangtoc.bench.cases import BenchConfig, Row
 from tangtoc.device import cpu_cores, cpu_model
+from tangtoc.units import fmt_duration
 
 
 def add_speedups(rows: Sequence[Row]) -> None:
@@ -130,8 +131,8 @@ def seed_claims(rows: Sequence[Row]) -> list[Claim]:
         claims.append(
             Claim(
                 "GPT-2 training: tens of minutes on CPU -> seconds on GPU",
-                f"{_duration(cpu_gpt.metrics['projected_s'])} on CPU vs {_duration(gpu_gpt.metrics['projected_s'])} "
-                f"on {gpu_gpt.device} for {cpu_gpt.note}",
+                f"{fmt_duration(cpu_gpt.metrics['projected_s'])} on CPU vs "
+                f"{fmt_duration(gpu_gpt.metrics['projected_s'])} on {gpu_gpt.device} for {cpu_gpt.note}",
                 "confirmed"
                 if (cpu_gpt.metrics["projected_s"] or 0) / (gpu_gpt.metrics["projected_s"] or 1) > 20
                 else "not confirmed",
@@ -141,23 +142,13 @@ def seed_claims(rows: Sequence[Row]) -> list[Claim]:
         claims.append(
             Claim(
                 "GPT-2 training: tens of minutes on CPU -> seconds on GPU",
-                f"no GPU present; CPU: {_duration(cpu_gpt.metrics['projected_s'])} for {cpu_gpt.note}"
+                f"no GPU present; CPU: {fmt_duration(cpu_gpt.metrics['projected_s'])} for {cpu_gpt.note}"
                 if cpu_gpt
                 else "gpt2 suite not run",
                 "not measured" if not gpu_rows else "not run on both devices",
             )
         )
     return claims
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def plot(path: Path, rows: Sequence[Row]) -> None:

@@ -30,19 +30,18 @@ from torch import nn
 
 from tangtoc.advise import Advice, Assumptions, advise
 from tangtoc.advise.count import batch_size_of
-from tangtoc.advise.decide import fmt_duration, fmt_seconds
 from tangtoc.cli.args import UsageError, check_writable, seconds
-from tangtoc.cli.render import console, fmt_bytes, to_json
+from tangtoc.cli.render import console, fmt_bytes, fmt_duration, fmt_seconds, to_json
+from tangtoc.diagnose.frames import is_library_file
 from tangtoc.errors import TangtocError
 from tangtoc.hardware import BY_SHORT_NAME
-from tangtoc.models import GPT, GPT_SIZES, MLP, MLPConfig, gpt_config
+from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES, gpt_config, mlp_config
 from tangtoc.models.cnn import CNN, CNNConfig
 
-MLP_SIZES = {"small": MLPConfig(), "large": MLPConfig(in_features=1024, hidden=4096, out_features=10, depth=4)}
 CNN_SIZES = {"small": CNNConfig(), "large": CNNConfig(channels=(64, 128, 256, 512))}
-DEFAULT_SIZE = {"mlp": "small", "cnn": "small", "gpt": "mini"}
+DEFAULT_SIZE = {"mlp": "mini", "cnn": "small", "gpt": "mini"}
 DEFAULT_BATCH = {"mlp": 64, "cnn": 64, "gpt": 8}
-SIZES = {"mlp": tuple(MLP_SIZES), "cnn": tuple(CNN_SIZES), "gpt": GPT_SIZES}
+SIZES = {"mlp": MLP_SIZES, "cnn": tuple(CNN_SIZES), "gpt": GPT_SIZES}
 
 
 class FactoryError(UsageError):
@@ -110,7 +109,7 @@ def builtin(name: str, size: str | None, batch_size: int | None) -> Workload:
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     if name == "mlp":
-        cfg = MLP_SIZES[size]
+        cfg = mlp_config(size)
         x = torch.randn(b, cfg.in_features, generator=gen)
         y = torch.randint(0, cfg.out_features, (b,), generator=gen)
         return Workload(
@@ -435,11 +434,19 @@ def run(args: argparse.Namespace) -> int:
             # The workload does not train as given (a loss that is not a scalar, a batch the model refuses).
             err.print(f"tangtoc advise: error: {e}", markup=False)
             return 2
-        except RuntimeError as e:
-            if isinstance(e, TangtocError):
-                raise
-            # PyTorch's own errors from the user's step (shapes that do not multiply, out of memory): the run failed.
-            err.print(f"tangtoc advise: error: a training step of {workload.description} failed: {e}", markup=False)
+        except TangtocError:
+            raise  # ours already say what and how to fix; cli.main reports them
+        except Exception as e:
+            # PyTorch's or the model's own errors from the user's step (shapes that do not multiply, an id outside
+            # the vocabulary, out of memory): the run failed; show where in their code.
+            err.print(
+                f"tangtoc advise: error: a training step of {workload.description} failed: {type(e).__name__}: {e}",
+                markup=False,
+            )
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if not is_library_file(f.filename)]
+            if frames:
+                err.print("Where, in your code:", markup=False)
+                err.print("".join(traceback.format_list(frames)).rstrip(), markup=False, highlight=False)
             return 1
     _render(advice, workload)
     if args.json:

@@ -18,7 +18,7 @@ from tangtoc import bench
 from tangtoc.bench import kernels, report
 from tangtoc.bench.cases import BenchConfig, Row
 from tangtoc.cli.args import UsageError, check_writable, seconds
-from tangtoc.cli.render import console, fmt_bytes
+from tangtoc.cli.render import console, fmt_bytes, fmt_seconds
 from tangtoc.device import available_devices, describe, resolve
 from tangtoc.models import GPT_SIZES
 
@@ -168,19 +168,12 @@ def _table(suite: str, rows: list[Row]) -> Table:
             r.case,
             r.device,
             r.dtype,
-            _fmt_seconds(m.median) if m else "-",
+            fmt_seconds(m.median) if m else "-",
             f"{m.spread:.0%}" if m else "-",
             *(_fmt(r.metrics.get(k)) for k in metric_keys),
             remark,
         )
     return table
-
-
-def _fmt_seconds(s: float) -> str:
-    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
-        if s >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s * 1e9:.3g} ns"
 
 
 def run(args: argparse.Namespace) -> int:

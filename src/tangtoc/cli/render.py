@@ -10,26 +10,16 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from tangtoc.units import fmt_bytes, fmt_duration, fmt_flops, fmt_seconds
+
+__all__ = ["console", "fmt_bytes", "fmt_duration", "fmt_flops", "fmt_seconds", "to_json"]
+
 
 def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     # Piped into a log or CI, rich falls back to 80 columns and wraps wide tables into unreadable towers.
     width = None if stream.isatty() or "COLUMNS" in os.environ else 160
     return Console(stderr=stderr, highlight=False, width=width)
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def fmt_flops(flops: float | None) -> str:
-    return "unknown" if flops is None else f"{flops / 1e12:.1f} TFLOP/s"
 
 
 def _default(obj: Any) -> Any:

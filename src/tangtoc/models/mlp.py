@@ -34,6 +34,8 @@ class MLPConfig:
 
 
 _CONFIGS: dict[str, MLPConfig] = {
+    # 55M parameters on 1024 features: big enough that a GPU pays off (tangtoc advise's "use the GPU" example).
+    "large": MLPConfig(in_features=1024, hidden=4096, depth=4),
     "small": MLPConfig(hidden=512, depth=4),
     "mini": MLPConfig(hidden=128, depth=2),
     "tiny": MLPConfig(hidden=32, depth=1),
@@ -42,8 +44,8 @@ MLP_SIZES: tuple[str, ...] = tuple(_CONFIGS)
 
 
 def mlp_config(name: str, **overrides: int) -> MLPConfig:
-    """The named configuration (one of :data:`MLP_SIZES`, all 32 features -> 10 classes), with any field
-    overridden, e.g. ``mlp_config("mini", in_features=784)``."""
+    """The named configuration (one of :data:`MLP_SIZES`; 10 classes, 32 features except ``large``'s 1024), with
+    any field overridden, e.g. ``mlp_config("mini", in_features=784)``."""
     try:
         base = _CONFIGS[name]
     except KeyError:
