@@ -22,13 +22,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
 # Time limits add up to under 8 minutes (the typical run is far shorter).
 step nvidia-smi 10 nvidia-smi
 step doctor 20 "$py" -m tangtoc doctor --json
-step pytest-cuda 85 "$py" -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
+step pytest-cuda 80 "$py" -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests
 step move-overhead 25 "$py" benchmarks/move_overhead.py --quick --json "$out/move_overhead.json"
-step bench-quick 100 "$py" -m tangtoc bench --json "$out/bench.json" --plot "$out/bench.png"
-step advise-check 60 "$py" benchmarks/advise_check.py --json "$out/advise_check.json"
+step bench-quick 90 "$py" -m tangtoc bench --json "$out/bench.json" --plot "$out/bench.png"
+step advise-check 55 "$py" benchmarks/advise_check.py --json "$out/advise_check.json"
 step gpu-train 110 "$py" benchmarks/gpu_train.py --json "$out/gpu_train.json"
 step guard-overhead 20 "$py" benchmarks/guard_overhead.py --quick --json "$out/guard_overhead.json"
 step audit-overhead 20 "$py" benchmarks/audit_overhead.py --quick --json "$out/audit_overhead.json"
+step ddp-overhead 40 "$py" benchmarks/ddp_overhead.py --gpu --json "$out/ddp_overhead.json"
 
 echo
 echo "== tangtoc gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) =="
@@ -37,6 +38,7 @@ grep -E "Verdict" "$out/move-overhead.log" | sed 's/^/move_overhead: /'
 grep -E "Verdict" "$out/advise-check.log" | sed 's/^/advise_check: /'
 grep -E "steady state|goal" "$out/gpu-train.log" | sed 's/^/gpu_train: /'
 grep -E "Verdict|goal" "$out/guard-overhead.log" "$out/audit-overhead.log" | tail -n 4
+grep -E "DDP of world size 1" "$out/ddp-overhead.log" | sed 's/^/ddp_overhead:/'
 "$py" - "$out/bench.json" <<'PY' || true
 import json, sys
 data = json.load(open(sys.argv[1]))

@@ -1,4 +1,9 @@
-"""``tangtoc train gpt|mlp``: train a built-in model on built-in data, print a summary (and, for GPT, a sample)."""
+"""``tangtoc train gpt|mlp``: train a built-in model on built-in data, print a summary (and, for GPT, a sample).
+
+With ``--nproc N`` it starts itself on N processes through ``torch.distributed.run`` (torchrun's own entry point)
+and each of them runs this same command without the launch flags, exactly as ``torchrun --nproc-per-node N -m
+tangtoc train ...`` would; under torchrun only rank 0 prints the summary.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,20 @@ from torch.nn import functional as F
 from tangtoc.cli.render import console, fmt_bytes, to_json
 from tangtoc.data import ResidentLoader, decode, encode, stdlib_corpus, synthetic_classification, text_corpus
 from tangtoc.device import describe, resolve
+from tangtoc.errors import TangtocError
 from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES, gpt_config, mlp_config
-from tangtoc.train import FitResult, fit
+from tangtoc.train import FitResult, fit, load_checkpoint, torchrun_env
+from tangtoc.train.distributed import STRATEGIES, device_for_rank
+from tangtoc.train.launch import DEFAULT_JOIN_TIMEOUT_S, LaunchConfig, check_nproc, launch
 from tangtoc.train.precision import PRECISIONS
 
 EVAL_WINDOWS = 256  # held-out windows evaluated at the end: enough for a stable mean, a second or so on a CPU
 MLP_SAMPLES = 16_384
 SAMPLE_PROMPT = "def "
+
+
+#: The flags that say where the processes run; the launched ranks get every other flag as it was given.
+LAUNCH_DESTS = ("nproc", "nnodes", "node_rank", "master_addr", "master_port", "join_timeout")
 
 
 def _positive(text: str) -> int:
@@ -27,13 +39,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a built-in GPT or MLP on built-in data with tangtoc's fit()",
         description="Train a GPT (byte-level, on the Python standard library's source or your text) or an MLP "
         "(synthetic classification) and print tokens/s, MFU, wall time and the final loss. "
-        "Exit status: 0 done (or preempted and checkpointed), 1 training failed, 2 usage error.",
+        "Exit status: 0 done (or preempted and checkpointed), 1 training failed, 2 usage error. "
+        "On several processes: --nproc N, or `torchrun --nproc-per-node N -m tangtoc train ...`.",
     )
     p.add_argument("model", choices=("gpt", "mlp"), help="what to train")
     p.add_argument("--size", default="mini", help=f"gpt: {', '.join(GPT_SIZES)}; mlp: {', '.join(MLP_SIZES)}")
@@ -57,7 +77,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sample-tokens", type=int, default=200, help="gpt: bytes to generate after training")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    p.set_defaults(run=run)
+    d = p.add_argument_group("several processes (torchrun)")
+    d.add_argument(
+        "--nproc", type=_positive, default=None, help="processes on this machine: one per GPU, or up to one per core"
+    )
+    d.add_argument("--nnodes", type=_positive, default=1, help="machines taking part (default 1)")
+    d.add_argument("--node-rank", type=_non_negative, default=0, help="this machine's index, 0 at --master-addr")
+    d.add_argument("--master-addr", default=None, help="machine 0's address as the others reach it (--nnodes > 1)")
+    d.add_argument("--master-port", type=_positive, default=None, help="a free TCP port on machine 0 (default 29500)")
+    d.add_argument(
+        "--join-timeout",
+        type=_positive,
+        default=DEFAULT_JOIN_TIMEOUT_S,
+        help=f"seconds the machines wait for each other to start (default {DEFAULT_JOIN_TIMEOUT_S})",
+    )
+    d.add_argument(
+        "--strategy", choices=STRATEGIES, default="auto", help="auto (DDP on several processes), ddp, or fsdp"
+    )
+    p.set_defaults(run=run, parser=p)
 
 
 def _gpt(args: argparse.Namespace, device: torch.device) -> tuple[GPT, ResidentLoader, ResidentLoader, str]:
@@ -90,8 +127,55 @@ def _mlp(args: argparse.Namespace, device: torch.device) -> tuple[MLP, ResidentL
     return MLP(cfg).to(device), train, val, about
 
 
+def worker_argv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The ``train ...`` arguments each launched rank runs with: the flags given, minus the launch flags."""
+    out = ["train", args.model]
+    for action in parser._actions:  # argparse keeps its actions in this (long-standing) attribute
+        if not action.option_strings or action.dest in (*LAUNCH_DESTS, "help"):
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        out += [flag] if action.nargs == 0 else [flag, str(value)]
+    return out
+
+
+def _launch(args: argparse.Namespace) -> int:
+    err = console(stderr=True)
+    if (env := torchrun_env()) is not None:
+        err.print(
+            f"tangtoc train: error: --nproc starts torchrun, but this process already runs under it (rank {env.rank} "
+            f"of {env.world_size}). Drop --nproc and the other launch flags when launching with torchrun yourself."
+        )
+        return 2
+    try:
+        config = LaunchConfig(
+            nproc=args.nproc,
+            nnodes=args.nnodes,
+            node_rank=args.node_rank,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+            join_timeout_s=args.join_timeout,
+        )
+        check_nproc(args.nproc, resolve(args.device))
+    except ValueError as e:
+        err.print(f"tangtoc train: error: {e}", markup=False)
+        return 2
+    launch(config, ["tangtoc", *worker_argv(args, args.parser)])  # a DistributedError reaches main(): exit 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     err = console(stderr=True)
+    if args.nproc is not None:
+        return _launch(args)
+    given = [
+        f"--{dest.replace('_', '-')}" for dest in LAUNCH_DESTS if getattr(args, dest) != args.parser.get_default(dest)
+    ]
+    if given:
+        err.print(f"tangtoc train: error: {', '.join(given)} only make sense with --nproc (processes per machine).")
+        return 2
     sizes = GPT_SIZES if args.model == "gpt" else MLP_SIZES
     if args.size not in sizes:
         err.print(
@@ -101,18 +185,24 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.checkpoint_dir is None:
         err.print("tangtoc train: error: --resume needs --checkpoint-dir (where the checkpoints are).")
         return 2
-    device = resolve(args.device)
+    try:
+        env = torchrun_env()
+    except ValueError as e:  # a partial or inconsistent set of torchrun's variables
+        err.print(f"tangtoc train: error: {e}", markup=False)
+        return 2
+    where = f" (rank {env.rank} of {env.world_size})" if env is not None else ""
     if args.threads is not None:
         # Small models on a busy machine often run faster on one thread than on all cores (less waiting).
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same on every rank: one initial model, one data order to shard
+    device = device_for_rank(args.device)  # a device this machine lacks is a usage error: main() exits 2
     try:
         model, train, val, about = (_gpt if args.model == "gpt" else _mlp)(args, device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=device.type == "cuda")
         result = fit(
             model,
             train,
-            optimizer=optimizer,
+            # A function of the parameters: FSDP replaces them when it shards the model.
+            optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, fused=device.type == "cuda"),
             loss_fn=None if args.model == "gpt" else F.cross_entropy,
             steps=args.steps,
             precision=args.precision,
@@ -125,11 +215,17 @@ def run(args: argparse.Namespace) -> int:
             on_preempt="return",
             device=device,
             progress=not args.json,
+            strategy=args.strategy,
         )
     except ValueError as e:  # settings that cannot work; the message names the flag's argument
-        err.print(f"tangtoc train: error: {e}", markup=False)
+        err.print(f"tangtoc train: error{where}: {e}", markup=False)
         return 2
-    sample = _sample(model, args, device) if args.model == "gpt" and not result.preempted else None
+    except TangtocError as e:  # the run failed; on several processes, say which one
+        err.print(f"tangtoc train: error{where}: {e}", markup=False)
+        return 1
+    if env is not None and env.rank != 0:
+        return 0  # rank 0 reports for all
+    sample = _sample(model, args, device, result) if args.model == "gpt" and not result.preempted else None
     summary = _summary(args, model, about, result, sample)
     if args.json:
         print(to_json(summary))
@@ -138,7 +234,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(model: GPT, args: argparse.Namespace, device: torch.device) -> str:
+def _sample(model: GPT, args: argparse.Namespace, device: torch.device, result: FitResult) -> str | None:
+    if result.strategy == "fsdp":
+        # The trained model is sharded across ranks that are gone; its full weights are in the checkpoint.
+        if result.checkpoint is None:
+            return None
+        model = GPT(model.config).to(device)
+        model.load_state_dict(load_checkpoint(result.checkpoint)["model"])
     prompt = encode(SAMPLE_PROMPT).long().unsqueeze(0).to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
     out = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=40, generator=generator)
@@ -154,6 +256,8 @@ def _summary(
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": about,
         "device": f"{result.device} ({info.name})",
+        "processes": result.world_size,
+        "strategy": result.strategy,
         "precision": result.precision,
         "steps": result.step,
         "resumed_from_step": result.start_step or None,
@@ -174,8 +278,10 @@ def _summary(
 
 def _render(s: dict[str, Any], result: FitResult) -> None:
     out = console()
+    ranks = f" x {s['processes']} processes ({s['strategy']})" if s["processes"] > 1 else ""
     out.print(
-        f"[bold]tangtoc train {s['model']}[/bold]: {s['parameters']:,} parameters on {s['device']}, {s['precision']}"
+        f"[bold]tangtoc train {s['model']}[/bold]: {s['parameters']:,} parameters on {s['device']}{ranks}, "
+        f"{s['precision']}"
     )
     out.print(f"data: {s['data']}", markup=False, soft_wrap=True)
     resumed = f" (resumed from step {s['resumed_from_step']})" if s["resumed_from_step"] else ""

@@ -48,6 +48,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
 
 
+def _check_shard(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"ResidentLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
+
+
 class ResidentLoader:
     """Batches of ``tensors`` (same first dimension), shuffled and sliced on ``device``.
 
@@ -110,8 +115,7 @@ class ResidentLoader:
             world_size = (
                 world_size if world_size is not None else (torch.distributed.get_world_size() if dist_on else 1)
             )
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"ResidentLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
+        _check_shard(rank, world_size)  # before the data is copied anywhere
         self.device = resolve(device)
         moving = sum(t.numel() * t.element_size() for t in tensors if t.device != self.device)
         if moving:
@@ -121,10 +125,17 @@ class ResidentLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
+        self.epoch = 0
+        self.shard(rank, world_size)
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """From now on yield only the share of rank ``rank`` of ``world_size`` (see the class docstring), from
+        the start of the current epoch. :func:`~tangtoc.train.fit` calls it on a loader built before the
+        process group existed, which therefore took the whole data set."""
+        _check_shard(rank, world_size)
         self.rank = rank
         self.world_size = world_size
-        self.num_samples = sizes[0] // world_size  # samples this rank sees per epoch
-        self.epoch = 0
+        self.num_samples = self.tensors[0].shape[0] // world_size  # samples this rank sees per epoch
         self.position = 0  # batches of the current epoch already yielded
 
     def __len__(self) -> int:

@@ -73,6 +73,21 @@ class BatchStream:
             next(self._it)
 
 
+def shard_resident(data: Any, rank: int, world_size: int, name: str) -> None:
+    """Give a :class:`~tangtoc.data.ResidentLoader` built without a shard (it was made before the process group
+    existed, so it took the whole data set) this rank's share, in place. A loader already sharded this way is
+    left alone; one sharded for another rank or world size is refused. Other iterables are the caller's to shard
+    (e.g. a ``DataLoader`` with a ``DistributedSampler``)."""
+    if not isinstance(data, ResidentLoader) or (data.rank, data.world_size) == (rank, world_size):
+        return
+    if data.world_size != 1:
+        raise ValueError(
+            f"fit: {name} is a ResidentLoader for rank {data.rank} of {data.world_size}, but this process is rank "
+            f"{rank} of {world_size}. Fix: build it without rank= and world_size=; fit() gives each rank its share."
+        )
+    data.shard(rank, world_size)
+
+
 def _flat_on(batch: Any, device: torch.device) -> bool:
     """True for a tuple or list of tensors already on ``device``: the common batch, checked in a fraction of the
     time the general walk of :func:`~tangtoc.move.to_device` takes (which a tiny model's step would feel)."""

@@ -86,15 +86,18 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike[str], *,
     return final
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` onto the CPU, refusing anything that could run code.
+
+    ``mmap=True`` maps the tensors from the file instead of reading them into memory: the ranks of a distributed
+    run that each load the same checkpoint then share one copy in the page cache instead of holding one each.
 
     Raises :class:`CheckpointError` for a file that is truncated or corrupt, that holds objects other than
     tensors and plain data, or that is not a tangtoc checkpoint.
     """
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise CheckpointError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tangtoc.train.distributed import DEFAULT_TIMEOUT_S, check_strategy
 from tangtoc.train.precision import PRECISIONS
 
 NONFINITE_POLICIES = ("raise", "skip")
@@ -39,6 +40,8 @@ class FitConfig:
     on_preempt: str = "exit"
     progress: bool = True
     log_dir: Path | None = None
+    strategy: str = "auto"
+    dist_timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -64,6 +67,11 @@ class FitConfig:
             raise ValueError(
                 f"fit: checkpoint_every={self.checkpoint_every} needs somewhere to write; pass checkpoint_dir=."
             )
+        check_strategy(self.strategy)
+        if isinstance(self.dist_timeout_s, bool) or not (
+            isinstance(self.dist_timeout_s, (int, float)) and self.dist_timeout_s > 0
+        ):
+            raise ValueError(f"fit: dist_timeout_s must be a number of seconds > 0, got {self.dist_timeout_s!r}.")
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = Path(self.checkpoint_dir)
         self.log_dir = Path(self.log_dir) if self.log_dir is not None else self.checkpoint_dir

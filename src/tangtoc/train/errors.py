@@ -30,3 +30,9 @@ class CheckpointError(TangtocError, RuntimeError):
 class TrainingOutOfMemoryError(TangtocError, TorchOutOfMemoryError):
     """The device ran out of memory during a training step; the message says what to change.
     Subclasses ``torch.OutOfMemoryError``, so existing ``except torch.cuda.OutOfMemoryError`` clauses still work."""
+
+
+class DistributedError(TangtocError, RuntimeError):
+    """A distributed run cannot start or go on: the master cannot be reached, its port is taken, the ranks do not
+    see the same checkpoints, or this setup cannot be trained on several processes. The message says which and
+    what to change."""

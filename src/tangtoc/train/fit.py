@@ -4,6 +4,11 @@ The hot loop never reads a tensor on the host. Each step's loss is kept on the d
 in a list); every ``log_every`` steps they are stacked, checked for NaN/inf and averaged on the device, and read
 with one :func:`tangtoc.fetch`: one transfer and one sync per log interval, whatever the number of steps.
 Checkpoints, evaluation and the end of the run are the other points where the host waits for the device.
+
+Under torchrun the same loop runs on every rank (:mod:`tangtoc.train.distributed`, :mod:`tangtoc.train.strategies`).
+Beyond DDP's or FSDP's own gradient collectives, the ranks talk only at those same points: one all-reduce per log
+interval carries the losses, the work counts and the preemption flag; evaluation sums its loss over the ranks;
+a checkpoint gathers each rank's random state and data position onto rank 0, which writes it.
 """
 
 from __future__ import annotations
@@ -19,13 +24,37 @@ from torch import nn
 
 from tangtoc.device import DeviceLike, describe, resolve
 from tangtoc.move import fetch, to_device
-from tangtoc.train.batches import BatchStream, work_counter
-from tangtoc.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tangtoc.train.batches import BatchStream, shard_resident, work_counter
+from tangtoc.train.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from tangtoc.train.config import FitConfig
-from tangtoc.train.errors import CheckpointError, NonFiniteLossError, TorchOutOfMemoryError, TrainingOutOfMemoryError
+from tangtoc.train.distributed import DEFAULT_TIMEOUT_S, Distributed, session
+from tangtoc.train.errors import (
+    CheckpointError,
+    DistributedError,
+    NonFiniteLossError,
+    TorchOutOfMemoryError,
+    TrainingOutOfMemoryError,
+)
 from tangtoc.train.metrics import Interval, MetricsLog, ProgressBar, Record, Stopwatch, plot_loss, rates
 from tangtoc.train.precision import resolve_precision, tf32_matmuls
 from tangtoc.train.signals import PreemptionHandler
+from tangtoc.train.strategies import (
+    OptimizerFactory,
+    build_optimizer,
+    checkpoint_family,
+    full_norm,
+    load_state_dicts,
+    micro_step_context,
+    state_dicts,
+    wrap,
+)
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 DEFAULT_LR = 1e-3
@@ -34,12 +63,15 @@ DEFAULT_LR = 1e-3
 @dataclass(frozen=True, slots=True)
 class FitEvent:
     """What a callback receives: a ``"log"``, ``"eval"``, ``"checkpoint"`` or ``"end"`` event at ``step``, with
-    the host-side numbers of that moment (already fetched: a callback costs no extra sync)."""
+    the host-side numbers of that moment (already fetched: a callback costs no extra sync). In a distributed run
+    callbacks are called on every rank with the same numbers (summed or averaged over the ranks); ``rank`` says
+    which one is calling, for a callback that should act once (``if event.rank == 0``)."""
 
     kind: Literal["log", "eval", "checkpoint", "end"]
     step: int
     record: Mapping[str, Any]
     path: Path | None = None  # the checkpoint written, for "checkpoint" events
+    rank: int = 0
 
 
 Callback = Callable[[FitEvent], None]
@@ -48,7 +80,9 @@ Callback = Callable[[FitEvent], None]
 @dataclass(slots=True)
 class FitResult:
     """The outcome of :func:`fit`. Rates are over the log intervals after the first one (which includes warm-up
-    and compilation) when there is more than one; ``None`` where not measured or not known."""
+    and compilation) when there is more than one; ``None`` where not measured or not known. In a distributed
+    run, losses are the mean over the ranks, rates the sum over them, MFU a fraction of all their devices' peak,
+    and peak memory this rank's own; ``metrics_path`` and ``plot_path`` are set on rank 0, which writes them."""
 
     step: int  # optimizer steps done in total, resumed ones included
     start_step: int  # the step this call resumed from (0 for a fresh run)
@@ -61,6 +95,8 @@ class FitResult:
     tokens_per_s: float | None
     mfu: float | None  # fraction of the device's published peak for this precision
     peak_memory_bytes: int | None  # CUDA only: torch.cuda.max_memory_allocated
+    strategy: str  # "single", "ddp" or "fsdp"
+    world_size: int  # processes that trained together (1 for a single process)
     skipped_steps: int  # steps skipped for a non-finite loss (on_nonfinite="skip")
     preempted: bool
     checkpoint: Path | None  # the newest checkpoint written or resumed from
@@ -79,7 +115,7 @@ def fit(
     model: nn.Module,
     data: Iterable[Any],
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | OptimizerFactory | None = None,
     loss_fn: LossFn | None = None,
     steps: int | None = None,
     epochs: int | None = None,
@@ -100,15 +136,20 @@ def fit(
     progress: bool = True,
     log_dir: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
+    strategy: str = "auto",
+    dist_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> FitResult:
-    """Train ``model`` on ``data`` on one device; resumable, preemption-safe, one sync per log interval.
+    """Train ``model`` on ``data`` on one device, or on many under torchrun; resumable, preemption-safe, one sync
+    per log interval.
 
     Args:
         model: moved to ``device`` (in place) and put in train mode.
         data: any iterable of batches that can be iterated again each epoch: a
             :class:`~tangtoc.data.ResidentLoader`, a ``DataLoader``, a list. Batches not on the device are moved
             with :func:`~tangtoc.move.to_device`.
-        optimizer: default :func:`default_optimizer` (AdamW, lr 1e-3, fused on CUDA).
+        optimizer: an optimizer, or a function ``params -> optimizer`` called on the parameters once the model is
+            wrapped (needed with ``strategy="fsdp"``, whose sharding replaces the parameters); default
+            :func:`default_optimizer` (AdamW, lr 1e-3, fused on CUDA).
         loss_fn: with a loss function, a batch ``(inputs, targets)`` trains on ``loss_fn(model(inputs), targets)``.
             With ``None``, the model returns the loss itself: ``model(*batch)`` for a tuple or list,
             ``model(**batch)`` for a dict (as :class:`~tangtoc.models.GPT` does when given targets).
@@ -133,16 +174,36 @@ def fit(
             good checkpoint (detected at the next log point, at no cost per step); ``"skip"`` skips the
             optimizer step for that batch, at the price of one sync per step to look at the loss.
         on_preempt: on SIGTERM or SIGUSR1 (installed only with a ``checkpoint_dir``, from the main thread) the
-            current step finishes and a checkpoint is written; then ``"exit"`` raises ``SystemExit(0)`` so the
-            scheduler sees a clean exit, and ``"return"`` returns with ``preempted=True``.
+            current step finishes (in a distributed run: every rank trains on to the next log point, where the
+            flag is summed over the ranks, so that they all stop at the same step) and a checkpoint is written;
+            then ``"exit"`` raises ``SystemExit(0)`` so the scheduler sees a clean exit, and ``"return"`` returns
+            with ``preempted=True``.
         device: ``"auto"`` for :func:`~tangtoc.device.pick_device`, or any device spec.
         progress: a progress bar on stderr, when it is a terminal, updated at log points.
         log_dir: where ``metrics.jsonl`` (one record per log interval and evaluation) and ``loss.png`` go;
             default ``checkpoint_dir``; ``None`` for neither (the records are still in ``FitResult.history``).
-        callbacks: functions called with a :class:`FitEvent` at each log, evaluation, checkpoint and the end.
+        callbacks: functions called with a :class:`FitEvent` at each log, evaluation, checkpoint and the end (on
+            every rank of a distributed run; ``event.rank`` tells them apart).
+        strategy: under torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set), each process trains on
+            ``cuda:LOCAL_RANK`` (or the CPU) in a process group that fit() creates (NCCL on CUDA, gloo on the CPU)
+            and destroys on every way out. ``"ddp"`` (what ``"auto"`` means with more than one process): a full
+            copy of the model per rank, gradients all-reduced, DDP's ``no_sync`` on the micro-steps of
+            ``grad_accum``. ``"fsdp"``: FSDP2 ``fully_shard`` on each block of the model's ``nn.ModuleList`` objects
+            and on the root, for models that do not fit one device (the model stays sharded after fit() returns; its
+            full weights are in the checkpoint). A :class:`~tangtoc.data.ResidentLoader` built without a shard is
+            sharded by rank in place; any other ``data`` must already yield this rank's share (e.g. a
+            ``DataLoader`` with a ``DistributedSampler``). Each rank's loss is the mean over its batch and the
+            gradients are averaged over the ranks, so equal per-rank batches of ``b`` train as one batch of
+            ``world_size * b``. Only rank 0 draws the progress bar and writes metrics and checkpoints (which every
+            rank reads to resume: put ``checkpoint_dir`` on a filesystem all machines share). A SIGTERM to any
+            rank stops every rank at the next log point (see ``on_preempt``). Single process: ``"auto"``.
+        dist_timeout_s: how long a rank waits to join the process group, and later for any one collective,
+            before failing with a message (an unreachable master, a port in use, a rank that died) rather than
+            hanging.
 
     Raises:
         NonFiniteLossError, CheckpointError, TrainingOutOfMemoryError (with the batch size and what to change),
+        DistributedError (the process group cannot be formed, or the ranks disagree on the checkpoints),
         ValueError for arguments that cannot work (each names the argument).
     """
     config = FitConfig(
@@ -162,8 +223,13 @@ def fit(
         on_preempt=on_preempt,
         progress=progress,
         log_dir=log_dir,  # type: ignore[arg-type]
+        strategy=strategy,
+        dist_timeout_s=dist_timeout_s,
     )
-    return _Run(model, data, optimizer, loss_fn, eval_data, resolve(device), tuple(callbacks), config).run()
+    with session(config.strategy, device, config.dist_timeout_s) as parallel:
+        placed = parallel.device if parallel is not None else resolve(device)
+        run = _Run(model, data, optimizer, loss_fn, eval_data, placed, tuple(callbacks), config, parallel)
+        return run.run()
 
 
 class _Run:
@@ -173,28 +239,41 @@ class _Run:
         self,
         model: nn.Module,
         data: Iterable[Any],
-        optimizer: torch.optim.Optimizer | None,
+        optimizer: torch.optim.Optimizer | OptimizerFactory | None,
         loss_fn: LossFn | None,
         eval_data: Iterable[Any] | None,
         device: torch.device,
         callbacks: tuple[Callback, ...],
         config: FitConfig,
+        parallel: Distributed | None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}.")
         self.watch = Stopwatch()
         self.cfg = config
         self.device = device
+        self.parallel = parallel
+        self.strategy = parallel.strategy if parallel is not None else None
+        self.rank = parallel.rank if parallel is not None else 0
+        self.world_size = parallel.world_size if parallel is not None else 1
+        self.precision = resolve_precision(config.precision, device)
+        self.scaler = self.precision.grad_scaler()
         self.model = to_device(model, device).train()
-        self.optimizer = optimizer if optimizer is not None else default_optimizer(self.model, device)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        wrapped = wrap(self.model, parallel, self.precision.name) if parallel is not None else self.model
+        self.optimizer = build_optimizer(
+            optimizer, self.model, lambda: default_optimizer(self.model, device), self.strategy
+        )
+        self.forward = torch.compile(wrapped) if config.compile else wrapped
+        self.no_sync = micro_step_context(wrapped) if config.grad_accum > 1 else None
         self.loss_fn = loss_fn
         self.eval_data = eval_data
         self.callbacks = callbacks
-        self.precision = resolve_precision(config.precision, device)
-        self.scaler = self.precision.grad_scaler()
         info = describe(device)
-        self.peak_flops = info.peak_flops.get(self.precision.peak_key()) if info.peak_flops else None
+        peak = info.peak_flops.get(self.precision.peak_key()) if info.peak_flops else None
+        self.peak_flops = peak * self.world_size if peak else None  # MFU of all the ranks' devices together
+        if parallel is not None:
+            shard_resident(data, parallel.rank, parallel.world_size, "data")
+            shard_resident(eval_data, parallel.rank, parallel.world_size, "eval_data")
         self.batches = BatchStream(data, device)
         self.total_steps = self._total_steps(data)
         self.step = 0
@@ -211,15 +290,17 @@ class _Run:
         self.batch_size: int | None = None
         self.preempted = False
         if config.checkpoint_dir is not None:
+            found = self._newest_checkpoint(config.checkpoint_dir)
             if config.resume:
-                self._restore()
-            elif (found := latest_checkpoint(config.checkpoint_dir)) is not None:
+                if found is not None:
+                    self._restore(found)
+            elif found is not None:
                 # Mixing runs in one folder would make a later resume pick the wrong run's newest step.
                 raise ValueError(
                     f"fit: resume=False, but checkpoint_dir already holds checkpoints of another run (newest: "
                     f"{found.name}). Fix: pass an empty checkpoint_dir, delete those files, or resume=True."
                 )
-        log_path = config.log_dir / "metrics.jsonl" if config.log_dir is not None else None
+        log_path = config.log_dir / "metrics.jsonl" if config.log_dir is not None and self.rank == 0 else None
         self.log = MetricsLog(log_path, self.start_step if self.start_step else None)
 
     def _total_steps(self, data: Iterable[Any]) -> int:
@@ -241,14 +322,40 @@ class _Run:
 
     # -- resuming and checkpointing ------------------------------------------------------------------------------
 
-    def _restore(self) -> None:
-        path = latest_checkpoint(self.cfg.checkpoint_dir)  # type: ignore[arg-type]
-        if path is None:
-            return
-        state = load_checkpoint(path)
+    def _newest_checkpoint(self, directory: Path) -> Path | None:
+        """The newest checkpoint in ``directory``, which every rank must see alike (each reads it to resume)."""
+        found = latest_checkpoint(directory)
+        if self.parallel is None:
+            return found
+        seen = self.parallel.all_gather(found.name if found is not None else None)
+        if len(set(seen)) > 1:
+            views = ", ".join(f"rank {r}: {name or 'none'}" for r, name in enumerate(seen))
+            raise DistributedError(
+                f"the ranks see different newest checkpoints in {directory} ({views}). Every rank reads the "
+                "checkpoint it resumes from, so checkpoint_dir must be one folder that every machine shares (a "
+                "network filesystem), not a local folder on each."
+            )
+        return found
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path, mmap=self.parallel is not None)
+        saved_world = int(state.get("world_size", 1))
+        saved_strategy = state.get("strategy", "single")
+        if saved_world != self.world_size:
+            raise CheckpointError(
+                f"checkpoint {path} was written by a run of {saved_world} process(es); this one has "
+                f"{self.world_size}. Each rank's data position and random state are saved, so resume with the same "
+                "number of processes. To start a new run from its weights only, load state['model'] (from "
+                "tangtoc.train.load_checkpoint) into the model and train with another checkpoint_dir."
+            )
+        if checkpoint_family(saved_strategy) != checkpoint_family(self.strategy):
+            raise CheckpointError(
+                f"checkpoint {path} was written with strategy {saved_strategy!r}, whose optimizer state this run "
+                f"({self.strategy or 'single'!r}) cannot load: FSDP keys it by parameter name, DDP and a single "
+                "process by index. Resume with the strategy that wrote it."
+            )
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"], self.strategy)
         except (RuntimeError, ValueError, KeyError) as e:
             detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
             raise CheckpointError(
@@ -257,23 +364,35 @@ class _Run:
             ) from e
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], self.device)
-        self.batches.load_state_dict(state["data"])
+        mine = state["ranks"][self.rank] if saved_world > 1 else state
+        set_rng_state(mine["rng"], self.device)
+        self.batches.load_state_dict(mine["data"])
         self.step = self.start_step = self.last_logged = int(state["step"])
         self.skipped = int(state.get("skipped_steps", 0))
         self.checkpoint = path
 
     def _save(self) -> Path:
-        state = {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng_state(self.device),
-            "data": self.batches.state_dict(),
-            "skipped_steps": self.skipped,
-        }
-        self.checkpoint = save_checkpoint(state, self.cfg.checkpoint_dir, keep_last=self.cfg.keep_last)  # type: ignore[arg-type]
+        directory: Path = self.cfg.checkpoint_dir  # type: ignore[assignment]
+        model_state, optimizer_state = state_dicts(self.model, self.optimizer, self.strategy)  # FSDP: a collective
+        mine = {"rng": rng_state(self.device), "data": self.batches.state_dict()}
+        ranks = self.parallel.gather(mine) if self.parallel is not None and self.world_size > 1 else None
+        if self.rank == 0:
+            state = {
+                "step": self.step,
+                "model": model_state,
+                "optimizer": optimizer_state,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                **mine,  # rank 0's, so that the format stays the same as a single process's
+                "skipped_steps": self.skipped,
+                "world_size": self.world_size,
+                "strategy": self.strategy or "single",
+            }
+            if ranks is not None:
+                state["ranks"] = ranks
+            save_checkpoint(state, directory, keep_last=self.cfg.keep_last)
+        if self.parallel is not None:
+            self.parallel.barrier()  # whatever a rank does next (exit, resume, read it), the file is complete
+        self.checkpoint = checkpoint_path(directory, self.step)
         self.watch.lap()  # writing is not training: keep it out of the next interval's rates
         self._emit("checkpoint", {"step": self.step, "path": str(self.checkpoint)}, self.checkpoint)
         return self.checkpoint
@@ -287,7 +406,7 @@ class _Run:
             stack.callback(self.log.close)
             stack.enter_context(tf32_matmuls(self.device))
             preempt = stack.enter_context(PreemptionHandler()) if cfg.checkpoint_dir is not None else None
-            bar = stack.enter_context(ProgressBar(self.total_steps, self.step, cfg.progress))
+            bar = stack.enter_context(ProgressBar(self.total_steps, self.step, cfg.progress and self.rank == 0))
             try:
                 self._loop(preempt, bar)
             except TorchOutOfMemoryError as e:
@@ -318,8 +437,26 @@ class _Run:
         compute: Callable[[Any], torch.Tensor] = self._first_loss
         loss_of = self._loss_closure(self.forward)
         count = None
+        parallel, quiet, last = self.parallel, self.no_sync, accum - 1
+
+        def micro_step(batch: Any) -> None:
+            nonlocal compute
+            if autocast is None:
+                loss = compute(batch)
+            else:
+                with autocast():
+                    loss = compute(batch)
+            compute = loss_of
+            if accum > 1:
+                loss = loss / accum
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            pending.append(loss.detach())
+
         for step in range(self.step + 1, self.total_steps + 1):
-            for _ in range(accum):
+            for i in range(accum):
                 batch = next(batches)
                 if count is None:
                     count = work_counter(model, batch)
@@ -328,20 +465,12 @@ class _Run:
                 interval.samples += samples
                 interval.tokens += tokens
                 interval.flops += flops
-                if autocast is None:
-                    loss = compute(batch)
+                if quiet is not None and i < last:
+                    with quiet():  # DDP: accumulate locally; the last micro-step's backward all-reduces
+                        micro_step(batch)
                 else:
-                    with autocast():
-                        loss = compute(batch)
-                compute = loss_of
-                if accum > 1:
-                    loss = loss / accum
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-                pending.append(loss.detach())
-            if skip and not torch.isfinite(torch.stack(pending[-accum:]).sum()).item():  # the one sync per step
+                    micro_step(batch)
+            if skip and not self._finite(torch.stack(pending[-accum:]).sum()):
                 del pending[-accum:]
                 optimizer.zero_grad(set_to_none=True)
                 self.skipped += 1
@@ -349,7 +478,7 @@ class _Run:
                 if clip is not None:
                     if scaler is not None:
                         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                    self.grad_norms.append(torch.nn.utils.clip_grad_norm_(params, clip))
+                    self.grad_norms.append(full_norm(torch.nn.utils.clip_grad_norm_(params, clip)))
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
@@ -358,10 +487,13 @@ class _Run:
                 optimizer.zero_grad(set_to_none=True)
             interval.steps += 1
             self.step = step
-            stopping = preempt is not None and preempt.requested is not None
+            requested = preempt is not None and preempt.requested is not None
             saving = ckpt_every is not None and step % ckpt_every == 0
-            if step % log_every == 0 or step == self.total_steps or saving or stopping:
-                self._log_point(bar)
+            stopping = False
+            # A single process stops at the step the signal arrives; ranks stop together, at a log point, where
+            # the flag rides the all-reduce the losses need anyway (no collective per step).
+            if step % log_every == 0 or step == self.total_steps or saving or (requested and parallel is None):
+                stopping = self._log_point(bar, requested)
             if saving or stopping:
                 self._save()
             if eval_every is not None and step % eval_every == 0 and self.eval_data is not None:
@@ -369,6 +501,13 @@ class _Run:
             if stopping:
                 self.preempted = True
                 return
+
+    def _finite(self, loss_sum: torch.Tensor) -> bool:
+        """Whether this step's loss is finite (on_nonfinite="skip"): one sync per step, and in a distributed run
+        one all-reduce per step, so that every rank skips the same steps (their gradients are the same)."""
+        if self.parallel is not None:
+            loss_sum = self.parallel.sum(loss_sum)
+        return bool(torch.isfinite(loss_sum).item())
 
     def _loss_closure(self, forward: Callable[..., Any]) -> Callable[[Any], torch.Tensor]:
         """``batch -> loss`` through ``forward``, with the loss_fn question settled once, not per batch."""
@@ -419,14 +558,26 @@ class _Run:
 
     # -- the host's view: log points, evaluation, events -------------------------------------------------------------
 
-    def _log_point(self, bar: ProgressBar) -> None:
-        """Read the interval's losses in one fetch, stop on a non-finite one, write the record."""
+    def _log_point(self, bar: ProgressBar, stop_requested: bool) -> bool:
+        """Read the interval's losses in one fetch, stop on a non-finite one, write the record. Returns whether to
+        stop for preemption: ``stop_requested`` here, or on any rank of a distributed run."""
         first_step = self.last_logged + 1
         has_loss, has_norm = bool(self.pending), bool(self.grad_norms)
         values: list[torch.Tensor] = []
+        per_step = None
         if has_loss:
             losses = torch.stack(self.pending).float()
             per_step = losses.view(-1, self.cfg.grad_accum).sum(1) if self.cfg.grad_accum > 1 else losses
+        work = self.interval
+        if self.parallel is not None:
+            # The one all-reduce of the interval: every rank's per-step losses, work counts and preemption flag.
+            host = [work.samples, work.tokens, work.flops, float(stop_requested)]
+            counts = torch.tensor(host, dtype=torch.float64).to(self.device)
+            summed = self.parallel.sum(torch.cat([per_step.double(), counts]) if per_step is not None else counts)
+            if per_step is not None:
+                per_step = summed[: per_step.numel()] / self.world_size  # the mean of the ranks' mean losses
+            values += list(summed[-len(host) :].unbind())
+        if per_step is not None:
             n = per_step.numel()
             first_bad = torch.where(torch.isfinite(per_step), n, torch.arange(n, device=per_step.device)).min()
             # gather, not per_step[first_bad]: indexing with a 0-dim tensor can turn it into a Python int (a sync).
@@ -437,6 +588,12 @@ class _Run:
         seconds, elapsed = self.watch.lap()
         self.pending.clear()
         self.grad_norms.clear()
+        stop = stop_requested
+        if self.parallel is not None:  # the sums over the ranks replace this rank's counts
+            samples, tokens, flops, stops = fetched[:4]
+            work.samples, work.tokens, work.flops = int(samples), int(tokens), float(flops)
+            stop = stops > 0
+            fetched = fetched[4:]
         record: Record = {"kind": "train", "step": self.step}
         if has_loss:
             mean, bad_index, bad_value = fetched[:3]
@@ -459,6 +616,7 @@ class _Run:
         self.log.write(record)
         bar.update(self.step, record)
         self._emit("log", record)
+        return stop
 
     def _raise_nonfinite(self, step: int, value: float) -> None:
         where = (
@@ -491,7 +649,13 @@ class _Run:
             self.model.train()
         if n == 0:
             raise ValueError("fit: eval_data yielded no batches; pass a list, a DataLoader or a ResidentLoader.")
-        (value,) = fetch(total / n)
+        mean = total / n
+        if self.parallel is not None:  # the mean over every rank's batches
+            summed = self.parallel.sum(
+                torch.stack([total.double(), torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+            )
+            mean = summed[0] / summed[1]
+        (value,) = fetch(mean)
         self.watch.lap()  # evaluation time is not training time: keep it out of the next interval's rates
         self.eval_loss = float(value)
         record = {"kind": "eval", "step": self.step, "eval_loss": self.eval_loss}
@@ -502,7 +666,7 @@ class _Run:
         self, kind: Literal["log", "eval", "checkpoint", "end"], record: Mapping[str, Any], path: Path | None = None
     ) -> None:
         for callback in self.callbacks:
-            callback(FitEvent(kind=kind, step=self.step, record=record, path=path))
+            callback(FitEvent(kind=kind, step=self.step, record=record, path=path, rank=self.rank))
 
     def _oom_message(self) -> str:
         b, g = self.batch_size, self.cfg.grad_accum
@@ -526,7 +690,7 @@ class _Run:
             seconds += lap
         summary = rates(work, seconds, self.peak_flops)
         plot_path = None
-        if plot and self.cfg.log_dir is not None:
+        if plot and self.cfg.log_dir is not None and self.rank == 0:
             plot_path = plot_loss(self.log.records, self.cfg.log_dir / "loss.png")
         return FitResult(
             step=self.step,
@@ -540,6 +704,8 @@ class _Run:
             tokens_per_s=summary.get("tokens_per_s"),
             mfu=summary.get("mfu"),
             peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
+            strategy=self.strategy or "single",
+            world_size=self.world_size,
             skipped_steps=self.skipped,
             preempted=self.preempted,
             checkpoint=self.checkpoint,
