@@ -323,3 +323,14 @@ def test_no_hidden_syncs_on_cuda() -> None:
     assert few == many  # one log point each: 30 more steps, not one more sync
     if describe("cuda").peak_flops:
         assert result.history[-1]["mfu"] > 0 and result.peak_memory_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "device_type", "key"),
+    [("fp32", "cuda", "tf32"), ("fp32", "cpu", "float32"), ("bf16", "cuda", "bfloat16"), ("fp16", "cuda", "float16")],
+)
+def test_mfu_is_taken_against_the_peak_of_the_arithmetic_fit_runs(name: str, device_type: str, key: str) -> None:
+    """fit() runs float32 on CUDA with TF32 matmuls, so its MFU bound is the TF32 peak, not plain FP32's."""
+    from tangtoc.train.precision import _DTYPES, Precision
+
+    assert Precision(name=name, dtype=_DTYPES[name], device_type=device_type).peak_key() == key

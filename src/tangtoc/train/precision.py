@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tangtoc.device import float32_math
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -38,8 +40,9 @@ class Precision:
         """The key of :attr:`tangtoc.DeviceInfo.peak_flops` that bounds this precision's matmuls."""
         if self.dtype is not None:
             return str(self.dtype).removeprefix("torch.")
-        tf32 = self.device_type == "cuda" and torch.get_float32_matmul_precision() != "highest"
-        return "tf32" if tf32 else "float32"
+        # fit() runs float32 on CUDA under tf32_matmuls: its bound is the TF32 peak. Taking the FP32 peak
+        # (7x lower on an H100) would report impossible MFU, nanoGPT's "104% MFU" mistake.
+        return "tf32" if self.device_type == "cuda" else "float32"
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
@@ -51,12 +54,14 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}.")
     kind = device.type
+    # Of this device: torch.cuda.is_bf16_supported() answers for the current one.
+    cuda_bf16 = kind == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
     if name == "auto":
         if kind == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            name = "bf16" if cuda_bf16 else "fp16"
         else:
             name = "bf16" if kind == "xpu" else "fp32"
-    elif name == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+    elif name == "bf16" and kind == "cuda" and not cuda_bf16:
         cc = torch.cuda.get_device_capability(device)
         raise ValueError(
             f"precision='bf16' was requested, but {torch.cuda.get_device_name(device)} (compute capability "
@@ -72,11 +77,5 @@ def tf32_matmuls(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("high")
-    torch.backends.cudnn.allow_tf32 = True
-    try:
+    with float32_math(tf32_matmul=True, tf32_conv=True):
         yield
-    finally:
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = cudnn
