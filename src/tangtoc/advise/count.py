@@ -147,8 +147,27 @@ class OpSummary:
     kernels: int
 
 
+class Totals:
+    """FLOPs, bytes and kernels summed over ``self.calls``: shared by a finished count and one in progress."""
+
+    __slots__ = ()  # so the slotted StepCount stays slotted
+    calls: list[OpCall]
+
+    @property
+    def flops(self) -> float:
+        return sum(c.flops for c in self.calls)
+
+    @property
+    def bytes(self) -> float:
+        return sum(c.bytes for c in self.calls)
+
+    @property
+    def kernels(self) -> int:
+        return sum(c.kernels for c in self.calls)
+
+
 @dataclass(frozen=True, slots=True)
-class StepCount:
+class StepCount(Totals):
     """What one training step (forward, loss, backward, optimizer step) does, op by op.
 
     ``precision`` is ``"fp32"`` (as written) or ``"bf16"`` (the forward and loss under bfloat16 autocast).
@@ -162,18 +181,6 @@ class StepCount:
     params: int
     precision: str = "fp32"
     optimizer: str = ""
-
-    @property
-    def flops(self) -> float:
-        return sum(c.flops for c in self.calls)
-
-    @property
-    def bytes(self) -> float:
-        return sum(c.bytes for c in self.calls)
-
-    @property
-    def kernels(self) -> int:
-        return sum(c.kernels for c in self.calls)
 
     def by_op(self) -> list[OpSummary]:
         """Calls grouped by op, the most FLOPs first, then the most bytes."""
@@ -277,7 +284,7 @@ def record(func: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> 
     )
 
 
-class CountingMode(TorchDispatchMode):
+class CountingMode(Totals, TorchDispatchMode):
     """Record an :class:`OpCall` for every ATen op run inside it (see the module docstring).
 
     ``with CountingMode() as c: fn()`` then read ``c.calls``. It works on real tensors as well as fake ones.
@@ -294,18 +301,6 @@ class CountingMode(TorchDispatchMode):
         if call is not None:
             self.calls.append(call)
         return out
-
-    @property
-    def flops(self) -> float:
-        return sum(c.flops for c in self.calls)
-
-    @property
-    def bytes(self) -> float:
-        return sum(c.bytes for c in self.calls)
-
-    @property
-    def kernels(self) -> int:
-        return sum(c.kernels for c in self.calls)
 
 
 # -- the batch ----------------------------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ So a batch ``(idx, targets)`` trains with ``fit(model, loader)`` and no loss fun
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from tangtoc.models.configs import named_config
 
 
 @dataclass(kw_only=True, slots=True)
@@ -85,17 +87,7 @@ GPT_SIZES: tuple[str, ...] = tuple(_CONFIGS)
 def gpt_config(name: str, **overrides: int | float | bool) -> GPTConfig:
     """The named configuration (one of :data:`GPT_SIZES`), with any field overridden, e.g.
     ``gpt_config("gpt2", vocab_size=256)``. Overrides are validated like a fresh :class:`GPTConfig`."""
-    try:
-        base = _CONFIGS[name]
-    except KeyError:
-        raise ValueError(f"unknown GPT size {name!r}; expected one of {', '.join(GPT_SIZES)}.") from None
-    unknown = set(overrides) - set(base.to_dict())
-    if unknown:
-        raise TypeError(
-            f"gpt_config got unknown field(s) {', '.join(sorted(unknown))}; GPTConfig fields are "
-            f"{', '.join(base.to_dict())}."
-        )
-    return replace(base, **overrides)
+    return named_config(_CONFIGS, name, overrides, "GPT")
 
 
 class CausalSelfAttention(nn.Module):

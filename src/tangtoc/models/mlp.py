@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from tangtoc.models.configs import named_config
 
 
 @dataclass(kw_only=True, slots=True)
@@ -46,17 +48,7 @@ MLP_SIZES: tuple[str, ...] = tuple(_CONFIGS)
 def mlp_config(name: str, **overrides: int) -> MLPConfig:
     """The named configuration (one of :data:`MLP_SIZES`; 10 classes, 32 features except ``large``'s 1024), with
     any field overridden, e.g. ``mlp_config("mini", in_features=784)``."""
-    try:
-        base = _CONFIGS[name]
-    except KeyError:
-        raise ValueError(f"unknown MLP size {name!r}; expected one of {', '.join(MLP_SIZES)}.") from None
-    unknown = set(overrides) - set(base.to_dict())
-    if unknown:
-        raise TypeError(
-            f"mlp_config got unknown field(s) {', '.join(sorted(unknown))}; MLPConfig fields are "
-            f"{', '.join(base.to_dict())}."
-        )
-    return replace(base, **overrides)
+    return named_config(_CONFIGS, name, overrides, "MLP")
 
 
 class MLP(nn.Module):
