@@ -33,7 +33,7 @@ step ddp-overhead 40 "$py" benchmarks/ddp_overhead.py --gpu --json "$out/ddp_ove
 
 echo
 echo "== tangtoc gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) =="
-grep -m1 -E "passed|failed|error|skipped|deselected" "$out/pytest-cuda.log" | sed 's/^/pytest -m cuda: /'
+tail -n 1 "$out/pytest-cuda.log" | sed 's/^/pytest -m cuda: /'  # pytest's summary is its last line
 grep -E "Verdict" "$out/move-overhead.log" | sed 's/^/move_overhead: /'
 grep -E "Verdict" "$out/advise-check.log" | sed 's/^/advise_check: /'
 grep -E "steady state|goal" "$out/gpu-train.log" | sed 's/^/gpu_train: /'
