@@ -14,35 +14,22 @@ It is a measurement: it exits 0 whether or not the goal is met, and prints the v
 from __future__ import annotations
 
 import sys
-import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
-from guard_overhead import WORKLOADS, compare, metadata, parse_args, report, summarise, timed, write_json
+from torch import nn
+
+from guard_overhead import Step, run_overhead, timed
 from tangtoc.diagnose import audit
 
 AUDIT_GOAL = 3.0  # auditing a few steps is a diagnosis, not training: at most this much on GPT mini
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.split("\n\n")[0], argv)
-    started = time.perf_counter()
-    results = {}
-    for workload, build in WORKLOADS.items():
-        _, step = build()
-        contenders = {"plain": timed(step, nullcontext, args.min_time), "tt.audit()": timed(step, audit, args.min_time)}
-        results[workload] = summarise(compare(contenders, args.rounds), "plain")
-    meta = metadata(args, started)
-    for line in report("audit overhead", results, meta):
-        print(line)
-    realistic, worst = (results[w]["tt.audit()"]["ratio"] for w in WORKLOADS)
-    met = realistic <= AUDIT_GOAL
-    verdict = (
-        f"Verdict: goal {'MET' if met else 'MISSED'} — auditing costs {realistic:.2f}× a plain GPT mini step "
-        f"(goal ≤ {AUDIT_GOAL}×); worst case, MLP tiny: {worst:.2f}×."
-    )
-    print(verdict)
-    write_json(args.json, {"metadata": meta, "results": results, "goal": AUDIT_GOAL, "met": met, "verdict": verdict})
-    return 0
+    def contenders(model: nn.Module, step: Step, min_time: float) -> dict[str, Callable[[], float]]:
+        return {"plain": timed(step, nullcontext, min_time), "tt.audit()": timed(step, audit, min_time)}
+
+    return run_overhead(__doc__, argv, contenders, "tt.audit()", AUDIT_GOAL, "auditing costs")
 
 
 if __name__ == "__main__":

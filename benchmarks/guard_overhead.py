@@ -181,31 +181,46 @@ class EmptyDispatchMode(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.split("\n\n")[0], argv)
+def run_overhead(
+    doc: str,
+    argv: list[str] | None,
+    contenders_of: Callable[[nn.Module, Step, float], dict[str, Callable[[], float]]],
+    subject: str,
+    goal: float,
+    costs: str,
+) -> int:
+    """Time each workload's step under every contender, print the report and the verdict on ``subject``'s ratio
+    for GPT mini against ``goal``, and write the JSON. Shared by this benchmark and audit_overhead.py."""
+    args = parse_args(doc.split("\n\n")[0], argv)
     started = time.perf_counter()
     results = {}
     for workload, build in WORKLOADS.items():
         model, step = build()
-        contenders = {
-            "plain": timed(step, nullcontext, args.min_time),
-            "empty TorchFunctionMode": timed(step, EmptyFunctionMode, args.min_time),
-            "empty TorchDispatchMode": timed(step, EmptyDispatchMode, args.min_time),
-            "device_guard(model)": timed(step, lambda m=model: device_guard(m), args.min_time),
-        }
-        results[workload] = summarise(compare(contenders, args.rounds), "plain")
+        results[workload] = summarise(compare(contenders_of(model, step, args.min_time), args.rounds), "plain")
     meta = metadata(args, started)
-    for line in report("device_guard overhead", results, meta):
+    for line in report(f"{subject} overhead", results, meta):
         print(line)
-    realistic, worst = (results[w]["device_guard(model)"]["ratio"] for w in WORKLOADS)
-    met = realistic <= GUARD_GOAL
+    realistic, worst = (results[w][subject]["ratio"] for w in WORKLOADS)
+    met = realistic <= goal
     verdict = (
-        f"Verdict: goal {'MET' if met else 'MISSED'} — the guard costs {realistic:.2f}× a plain GPT mini step "
-        f"(goal ≤ {GUARD_GOAL}×); worst case, MLP tiny: {worst:.2f}×."
+        f"Verdict: goal {'MET' if met else 'MISSED'} — {costs} {realistic:.2f}× a plain GPT mini step "
+        f"(goal ≤ {goal}×); worst case, MLP tiny: {worst:.2f}×."
     )
     print(verdict)
-    write_json(args.json, {"metadata": meta, "results": results, "goal": GUARD_GOAL, "met": met, "verdict": verdict})
+    write_json(args.json, {"metadata": meta, "results": results, "goal": goal, "met": met, "verdict": verdict})
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def contenders(model: nn.Module, step: Step, min_time: float) -> dict[str, Callable[[], float]]:
+        return {
+            "plain": timed(step, nullcontext, min_time),
+            "empty TorchFunctionMode": timed(step, EmptyFunctionMode, min_time),
+            "empty TorchDispatchMode": timed(step, EmptyDispatchMode, min_time),
+            "device_guard(model)": timed(step, lambda: device_guard(model), min_time),
+        }
+
+    return run_overhead(__doc__, argv, contenders, "device_guard(model)", GUARD_GOAL, "the guard costs")
 
 
 if __name__ == "__main__":
