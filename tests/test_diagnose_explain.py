@@ -1,58 +1,81 @@
-"""explain: every recorded wording of PyTorch's device errors, parsed and put in user terms."""
+"""explain: every recorded wording of PyTorch's device and dtype errors, parsed and put in user terms."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import buggy_models as bm
+import tangtoc as tt
 from tangtoc.diagnose import DeviceMismatchError, device_guard, explain, parse_device_error
+from tangtoc.diagnose.dtypes import dtype_cause, parse_dtype_error
 from tangtoc.diagnose.roles import canonical_op, likely_cause, op_name, role_of
 
-DATA = Path(__file__).parent / "data" / "device_errors.txt"
+DATA = Path(__file__).parent / "data"
+# A public report: owner/repo#123, "owner/repo PR #123" or "owner/repo issue #123".
+REFERENCE = re.compile(r"[\w.-]+/[\w.-]+(?:#| PR #| issue #)\d+")
 
 
-def recorded() -> list[tuple[str, dict[str, str], str]]:
-    """(name, expectations, message) for every block of tests/data/device_errors.txt."""
+def recorded(file: str) -> list[tuple[str, dict[str, str], str, str]]:
+    """(name, expectations, message, source) for every block of a tests/data file."""
     blocks = []
-    for chunk in re.split(r"^=== ", DATA.read_text(), flags=re.M)[1:]:
+    for chunk in re.split(r"^=== ", (DATA / file).read_text(), flags=re.M)[1:]:
         name, _, body = chunk.partition("\n")
         lines = body.splitlines()
         expect_line = next(line for line in lines if line.startswith("# expect:"))
         expect = dict(item.strip().split("=", 1) for item in expect_line.removeprefix("# expect:").split("; "))
+        source = " ".join(
+            line.removeprefix("#").strip() for line in lines if line.startswith("#") and line is not expect_line
+        )
         message = "\n".join(line for line in lines if not line.startswith("#")).strip()
-        blocks.append((name.strip(), expect, message))
+        blocks.append((name.strip(), expect, message, source))
     return blocks
 
 
-RECORDED = recorded()
+def shown(**fields: str | torch.dtype | None) -> dict[str, str]:
+    """Parsed fields as the data files write them: operations by canonical name, dtypes short, "-" for None."""
+    out = {}
+    for key, value in fields.items():
+        if key == "op" and isinstance(value, str):
+            value = canonical_op(value) or op_name(value)
+        out[key] = "-" if value is None else str(value).removeprefix("torch.")
+    return out
 
 
-def test_the_data_file_covers_every_wording_the_issue_lists() -> None:
+RECORDED = [b[:3] for b in recorded("device_errors.txt")]
+RECORDED_DTYPE = [b[:3] for b in recorded("dtype_errors.txt")]
+SOURCES = [b[3] for b in recorded("device_errors.txt") + recorded("dtype_errors.txt")]
+
+
+def test_the_data_files_cover_every_wording_the_issues_list() -> None:
     wordings = {expect["wording"] for _, expect, _ in RECORDED}
-    # old "found at least two devices ... (when checking argument ...)", new "but got X is on", elementwise,
-    # conv "Input type ... weight type", indexing, torch.compile FakeTensor
+    # issue 4: old "found at least two devices ... (when checking argument ...)", new "but got X is on",
+    # elementwise, conv "Input type ... weight type", indexing, torch.compile FakeTensor; issue 11: torch.where,
+    # 1.3-1.5's "expected device", generators, MPS, meta, XPU; issue 17: the bare stem the article quotes
     assert {"same-device", "got-is-on", "two-devices", "conv-type", "index", "compiled"} <= wordings
-    assert len(RECORDED) >= 30
+    assert {"where", "expected-got", "generator", "mps-placeholder", "meta-copy", "stem"} <= wordings
+    assert any("xpu" in message for _, _, message in RECORDED)
+    dtype_wordings = {expect["wording"] for _, expect, _ in RECORDED_DTYPE}
+    assert {"mat1-mat2", "conv-dtype", "scalar-type", "found-dtype"} <= dtype_wordings
+    assert len(RECORDED) >= 60 and len(RECORDED_DTYPE) >= 20
+
+
+def test_at_least_forty_recorded_messages_cite_the_public_report_they_come_from() -> None:
+    assert sum(bool(REFERENCE.search(source)) for source in SOURCES) >= 40
 
 
 @pytest.mark.parametrize(("name", "expect", "message"), RECORDED, ids=[r[0] for r in RECORDED])
 def test_recorded_message_is_parsed(name: str, expect: dict[str, str], message: str) -> None:
     info = parse_device_error(message)
     assert info is not None, f"{name}: not recognised"
-    op = None if info.op is None else canonical_op(info.op) or op_name(info.op)
-    got = {
-        "wording": info.wording,
-        "op": op or "-",
-        "argument": info.argument or "-",
-        "culprit": info.culprit_device or "-",
-        "expected": info.expected_device or "-",
-    }
+    got = shown(wording=info.wording, op=info.op, argument=info.argument)
+    got |= shown(culprit=info.culprit_device, expected=info.expected_device)
     if "location" in expect:
         got["location"] = info.location or "-"
     want = {k: v for k, v in expect.items() if k != "says"}
@@ -121,10 +144,30 @@ def test_explain_says_when_everything_passed_is_on_one_device() -> None:
     assert text.endswith("In what you passed: every tensor is on one device.")
 
 
-def test_not_a_device_error_gets_a_note_not_an_exception() -> None:
-    text = explain(ValueError("mat1 and mat2 shapes cannot be multiplied (4x3 and 4x2)"))
-    assert text.startswith("Not a device-placement error that tangtoc recognises: 'mat1 and mat2 shapes cannot")
-    assert explain("").startswith("Not a device-placement error that tangtoc recognises: '(empty message)'")
+@pytest.mark.parametrize(
+    "message",
+    [
+        "mat1 and mat2 shapes cannot be multiplied (4x3 and 4x2)",
+        # a device-side assert is an out-of-range index or label, not a placement error
+        "RuntimeError: CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported",
+        "../aten/src/ATen/native/cuda/Loss.cu:240: nll_loss_forward_reduce_cuda_kernel_2d: block: [0,0,0], thread: "
+        "[0,0,0] Assertion `t >= 0 && t < n_classes` failed.",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB",
+        # a bad device string (rupeshs/fastsdcpu#355), not two devices meeting
+        "RuntimeError: Expected one of cpu, cuda, ipu, xpu, mkldnn, opengl, opencl, ideep, hip, ve, fpga, maia, xla, "
+        "lazy, vulkan, mps, meta, hpu, mtia, privateuseone device type at start of device string: GPU",
+    ],
+)
+def test_what_is_neither_a_placement_nor_a_dtype_error_gets_a_note_not_an_exception(message: str) -> None:
+    assert parse_device_error(message) is None and parse_dtype_error(message) is None
+    first = message.splitlines()[0]
+    assert explain(RuntimeError(message)).startswith(
+        f"Not a device-placement or dtype error that tangtoc recognises: {first!r}."
+    )
+
+
+def test_an_empty_message_gets_a_note() -> None:
+    assert explain("").startswith("Not a device-placement or dtype error that tangtoc recognises: '(empty message)'")
 
 
 def test_the_guards_own_error_is_returned_as_is() -> None:
@@ -191,3 +234,149 @@ def test_this_pytorchs_own_cuda_wordings_are_recognised(name: str) -> None:
     assert info is not None, f"unrecognised wording: {caught.value}"
     assert info.culprit_device in ("cpu", None) or info.expected_device == "cpu"
     assert "Most likely cause: " in explain(caught.value)
+
+
+@pytest.mark.parametrize(("name", "expect", "message"), RECORDED, ids=[r[0] for r in RECORDED])
+def test_the_fix_never_moves_a_tensor_to_the_device_it_is_already_on(
+    name: str, expect: dict[str, str], message: str
+) -> None:
+    info = parse_device_error(message)
+    assert info is not None
+    fix = next(line for line in explain(message).splitlines() if line.startswith("Fix: "))
+    on = info.culprit_device
+    if on is None:
+        return
+    # The sentences that address the culprit itself ("create it on ...", "move them with the batch: `ids.to(...)`")
+    # must not send it to its own device; moving the *other* tensors there is right (`model.to('cuda:0')`).
+    assert not re.search(rf"\b(?:create|move|bring) (?:it|them)\b[^;]*'{re.escape(on)}'", fix), fix
+    if info.argument:
+        assert f"{info.argument}.to('{on}')" not in fix, fix
+
+
+def test_an_operand_on_the_accelerator_among_cpu_tensors_is_not_told_to_go_there() -> None:
+    # phil-bergmann/tracking_wo_bnw#172: the run was meant for the CPU, one tensor was on CUDA.
+    text = explain(next(m for n, _, m in RECORDED if n == "cat-cpu-run"))
+    assert "Culprit: `tensors` (one of the tensors joined) is on cuda:0; the other tensors are on cpu." in text
+    assert (
+        "Fix: move what stayed behind: `model.to('cuda:0')` and `batch = tt.to_device(batch, 'cuda:0')`, and "
+        "create new tensors with `device=x.device`; if you meant to run on the CPU, bring `tensors` back instead "
+        "(`.cpu()`)." in text
+    )
+
+
+def test_the_articles_own_sentence_is_recognised_by_its_stem() -> None:
+    text = tt.explain(RuntimeError("Expected all tensors to be on the same device."))
+    assert text.startswith("PyTorch said: Expected all tensors to be on the same device.")
+    assert "Note: this is only the start of PyTorch's message" in text
+    assert "Most likely cause: two tensors of one operation live on different devices" in text
+    assert "`batch = tt.to_device(batch, device)`" in text and "`with tt.device_guard(model):`" in text
+    assert "Culprit:" not in text  # the stem names no tensor and no device: nothing is made up
+
+
+def test_a_stem_in_a_longer_message_still_prefers_the_full_wording() -> None:
+    info = parse_device_error(
+        "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!"
+    )
+    assert info is not None and info.wording == "two-devices"
+
+
+@pytest.mark.parametrize(
+    ("kernel", "op", "overload"),
+    [
+        ("wrapper_CUDA_scatter__value", "scatter_", "value"),
+        ("wrapper_scatter__value", "scatter_", "value"),
+        ("wrapper_CUDA_add_Tensor", "add", "Tensor"),
+        ("wrapper_CUDA__index_select", "index_select", None),
+        ("wrapper___cat", "cat", None),
+        ("wrapper_CUDA___slow_conv2d_forward", "slow_conv2d_forward", None),
+    ],
+)
+def test_kernel_names_are_cleaned_into_operation_and_overload(kernel: str, op: str, overload: str | None) -> None:
+    info = parse_device_error(
+        "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu! "
+        f"(when checking argument for argument self in method {kernel})"
+    )
+    assert info is not None and (info.op, info.overload) == (op, overload)
+
+
+def test_the_overload_is_shown_after_the_operation() -> None:
+    text = explain(next(m for n, _, m in RECORDED if n == "scatter-value-two-gpus"))
+    assert "Operation: scatter_ (value) — a gather/scatter" in text
+
+
+@pytest.mark.parametrize(("name", "expect", "message"), RECORDED_DTYPE, ids=[r[0] for r in RECORDED_DTYPE])
+def test_recorded_dtype_message_is_parsed(name: str, expect: dict[str, str], message: str) -> None:
+    assert parse_device_error(message) is None, f"{name}: read as a placement error"
+    info = parse_dtype_error(message)
+    assert info is not None, f"{name}: not recognised"
+    got = shown(wording=info.wording, op=info.op, argument=info.argument)
+    got |= shown(found=info.found, other=info.other, expected=info.expected)
+    assert got == {k: v for k, v in expect.items() if k != "says"}
+
+
+@pytest.mark.parametrize(("name", "expect", "message"), RECORDED_DTYPE, ids=[r[0] for r in RECORDED_DTYPE])
+def test_recorded_dtype_message_is_explained_with_a_fix(name: str, expect: dict[str, str], message: str) -> None:
+    text = explain(message)
+    assert text.startswith("PyTorch said: ")
+    assert "This is a dtype mismatch, not a device one" in text
+    assert expect["says"] in text
+    assert "Fix: " in text and "Most likely cause: " in text
+
+
+def test_numpys_float64_through_to_device_is_named_by_its_path() -> None:
+    # Issue 17, trap 2: tt.to_device keeps NumPy's float64, as torch.from_numpy does; a float32 model refuses it.
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    batch = tt.to_device({"x": np.random.randn(5, 4), "y": np.array([0, 1, 1, 0, 1])}, "cpu")
+    with pytest.raises(RuntimeError, match="mat1 and mat2 must have the same dtype") as caught:
+        model(batch["x"])
+    text = explain(caught.value, model=model, inputs=batch)
+    assert "Culprit: `mat1` (the input of a Linear layer (activations, or your batch)) is float64; `mat2` " in text
+    assert "NumPy arrays are float64 by default" in text
+    assert "`tt.to_device(batch, device, float_dtype=torch.float32)`" in text
+    assert "`tt.as_tensor(arr, device, dtype=torch.float32)`" in text
+    assert text.endswith("In what you passed: in float64: `input['x']`")
+    assert re.search(r"At: tests/test_diagnose_explain.py:\d+", text)
+
+
+def test_a_wording_without_dtypes_takes_them_from_what_was_passed() -> None:
+    model = nn.Linear(3, 2)
+    batch = {"features": torch.from_numpy(np.random.randn(2, 3)), "ids": torch.tensor([1, 2])}
+    text = explain("RuntimeError: mat1 and mat2 must have the same dtype", model=model, inputs=batch)
+    assert "Culprit: `mat1` (the input of a Linear layer (activations, or your batch)) is float64;" in text
+    assert "the message does not name the dtypes" not in text
+    assert text.endswith("In what you passed: in float64: `input['features']`")
+
+
+def test_a_float64_weight_is_blamed_on_the_model_not_on_numpy_data() -> None:
+    text = explain("mat1 and mat2 must have the same dtype, but got Float and Double")
+    assert "Culprit: `mat2` (the weight of a Linear layer) is float64; `mat1` (the input of a Linear layer" in text
+    assert "Fix: convert the model once after building it, `model.to(torch.float32)`" in text
+
+
+def test_a_live_conv_dtype_error_names_the_input() -> None:
+    model = nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError) as caught:
+        model(x)
+    text = explain(caught.value, model=model, inputs=x)
+    assert "Culprit: `input` (the input of a Conv layer (an image batch or a feature map)) is float64" in text
+    assert text.endswith("In what you passed: in float64: `input`")
+
+
+@pytest.mark.parametrize(
+    ("found", "expected", "weights", "cause", "fix"),
+    [
+        (torch.float64, torch.float32, False, "NumPy arrays are float64 by default", "`x = x.float()`"),
+        (torch.float64, torch.bfloat16, False, "computes in bfloat16", "float_dtype=torch.bfloat16"),
+        (torch.float64, torch.float32, True, "`model.double()`", "`model.to(torch.float32)`"),
+        (torch.float32, torch.float64, False, "another tensor of the operation is float64", "float_dtype="),
+        (torch.float32, torch.float16, False, "`model.half()`", "torch.autocast(device_type, dtype=...)"),
+        (torch.int64, torch.float32, False, "an integer tensor (int64)", "`y = y.to(torch.float32)`"),
+    ],
+)
+def test_dtype_cause_for_the_guard(
+    found: torch.dtype, expected: torch.dtype, weights: bool, cause: str, fix: str
+) -> None:
+    got_cause, got_fix = dtype_cause(found, expected, "`x`", weights)
+    assert cause in got_cause and fix in got_fix
+    assert got_cause.startswith("`x` is ")
