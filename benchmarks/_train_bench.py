@@ -64,19 +64,23 @@ def wall(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def per_step_rounds(contenders: dict[str, RunFn], short: int, long: int, rounds: int) -> dict[str, list[float]]:
+def per_step_rounds(
+    contenders: dict[str, RunFn], short: int, long: int, rounds: int, *, offset: int = 0, warm_up: bool = True
+) -> dict[str, list[float]]:
     """Seconds per training step of each contender, one value per round.
 
     Each value is ``(T(long) - T(short)) / (long - short)`` where ``T(n)`` is a complete run of ``n`` steps:
     set-up, start-up and first-step costs appear in both runs and cancel, leaving the steady-state step. Each
     round runs every contender once, in an order rotated by one each round, so machine noise of the moment
-    falls on all of them alike.
+    falls on all of them alike. A caller that saves after every round calls this with ``rounds=1``, the round's
+    number as ``offset`` (it sets the rotation) and ``warm_up`` only the first time.
     """
     names = list(contenders)
-    for name in names:  # warm-up, discarded: imports, allocator, first-call paths
-        contenders[name](short)
+    if warm_up:
+        for name in names:  # discarded: imports, allocator, first-call paths
+            contenders[name](short)
     out: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
+    for r in range(offset, offset + rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             run = contenders[name]

@@ -10,10 +10,12 @@ order; each process times two complete ``fit()`` runs, T(short) and T(long), and
 per process: the 2 ranks take the machine's 2 cores, the single process one of them. Workloads: GPT ``mini``
 (0.84M parameters, a realistic step) and the ``tiny`` MLP (microsecond steps: the collective's fixed latency).
 
-GPU (``--gpu``). One process on cuda:0, GPT-2 124M, bf16: ``fit()`` vs ``fit(strategy="ddp")`` in a process
-group of one (NCCL), rounds of T(short)/T(long) in rotating order, so the ratio is the wrapper's own cost
-(bucketing, hooks, a trivial all-reduce). Exits 0 with a note when there is no CUDA device. It then prints the
-projection below from the measured plain step.
+GPU (``--gpu``, or ``--single --device D``). One process on one device, GPT-2 124M (``--size``), bf16 on CUDA:
+``fit()`` vs ``fit(strategy="ddp")`` in a process group of one (NCCL; gloo on the CPU), rounds of T(short)/T(long)
+in rotating order, so the ratio is the wrapper's own cost (bucketing, hooks, a trivial all-reduce). The model is
+built once, on the device; every run trains a copy of it. The JSON is rewritten after every round and SIGTERM ends
+the run with the rounds done written. ``--gpu`` exits 0 with a note when there is no CUDA device. It then prints
+the projection below from the measured plain step.
 
 Projection (``--project --step-ms T --params N``, also printed by ``--gpu``). Ring all-reduce sends and receives
 2(n-1)/n times the gradient bytes per GPU (fp32 gradients: 4 bytes per parameter), so with link bandwidth B per
@@ -23,14 +25,16 @@ It is a projection, not a measurement: it ignores NCCL's protocol overhead, the 
 last one), stragglers and the data pipeline.
 
 Run:  python benchmarks/ddp_overhead.py [--rounds N] [--json PATH]
-      python benchmarks/ddp_overhead.py --gpu [--json PATH]
+      python benchmarks/ddp_overhead.py --gpu [--rounds N] [--json PATH]
+      python benchmarks/ddp_overhead.py --single --device cpu --size tiny   (the GPU mode, rehearsed on the CPU)
       python benchmarks/ddp_overhead.py --project --step-ms 35.6 --params 124439808
-It is a measurement: it exits 0 and prints what it measured.
+It is a measurement: it exits 0 and prints what it measured (143 when SIGTERM cut it short).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import socket
@@ -50,6 +54,7 @@ from torch.nn import functional as F
 from _train_bench import metadata, per_step_rounds, wall
 from tangtoc.models import GPT, MLP, gpt_config, mlp_config
 from tangtoc.train import fit
+from tangtoc.train.signals import Terminated, sigterm_as_interrupt
 
 HERE = Path(__file__).resolve()
 RANKS = 2
@@ -70,12 +75,12 @@ GRAD_BYTES_PER_PARAM = 4  # DDP all-reduces gradients in the parameters' dtype: 
 
 
 def _model(workload: str, device: torch.device) -> torch.nn.Module:
+    """``mlp-tiny`` or ``gpt-<size>``, built on ``device`` directly (no host copy of 124M parameters)."""
     torch.manual_seed(0)
-    if workload == "gpt-mini":
-        return GPT(gpt_config("mini")).to(device)
-    if workload == "mlp-tiny":
-        return MLP(mlp_config("tiny")).to(device)
-    return GPT(gpt_config("gpt2")).to(device)  # "gpt2", the GPU workload
+    with torch.device(device):
+        if workload == "mlp-tiny":
+            return MLP(mlp_config("tiny"))
+        return GPT(gpt_config(workload.removeprefix("gpt-")))
 
 
 def _batches(workload: str, device: torch.device, seed: int) -> list[Any]:
@@ -85,7 +90,7 @@ def _batches(workload: str, device: torch.device, seed: int) -> list[Any]:
         x = torch.randn(N_BATCHES, MLP_BATCH, cfg.in_features, generator=g)
         y = torch.randint(0, cfg.out_features, (N_BATCHES, MLP_BATCH), generator=g)
         return list(zip(x.unbind(), y.unbind(), strict=True))
-    cfg = gpt_config("mini" if workload == "gpt-mini" else "gpt2")
+    cfg = gpt_config(workload.removeprefix("gpt-"))
     batch = GPT_BATCH if workload == "gpt-mini" else 8
     out = []
     for _ in range(N_BATCHES if workload == "gpt-mini" else 4):
@@ -97,9 +102,10 @@ def _batches(workload: str, device: torch.device, seed: int) -> list[Any]:
 def _runner(workload: str, device: torch.device, strategy: str, precision: str, log_every: int):
     batches = _batches(workload, device, seed=int(os.environ.get("RANK", "0")))
     loss_fn = F.cross_entropy if workload == "mlp-tiny" else None
+    prototype = _model(workload, device)  # built once; every run trains a fresh copy of the same weights
 
     def run(steps: int) -> None:
-        model = _model(workload, device)
+        model = copy.deepcopy(prototype)
         fit(model, batches, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, fused=device.type == "cuda"),
             loss_fn=loss_fn, steps=steps, log_every=log_every, device=device, precision=precision, progress=False,
             strategy=strategy)  # fmt: skip
@@ -191,37 +197,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def gpu_mode(rounds: int, json_path: Path | None) -> None:
-    if not torch.cuda.is_available():
-        print("ddp_overhead --gpu: no CUDA device here, nothing measured. (Without --gpu it measures 2 CPU ranks.)")
-        return
-    device = torch.device("cuda", 0)
-    torch.cuda.set_device(device)
+def single_device_mode(device: torch.device, size: str, rounds: int, json_path: Path | None) -> int:
+    """``fit()`` vs ``fit(strategy="ddp")`` in a process group of one on ``device``; the JSON is rewritten after
+    every round, and SIGTERM ends the run with the rounds done written (``"complete": false``)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    dist.init_process_group("nccl", rank=0, world_size=1, device_id=device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=0, world_size=1, **({"device_id": device} if device.type == "cuda" else {}))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({metadata()['cpu_model']})"
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    workload = f"gpt-{size}"
+    names = ("fit()", f"fit(strategy='ddp'), 1 {device.type}")
+    times: dict[str, list[float]] = {n: [] for n in names}
+    payload: dict[str, Any] = {"metadata": metadata(rounds=rounds, device=name, workload=workload, backend=backend),
+                               "complete": False, "step_s": times, "ratios": []}  # fmt: skip
+
+    def save() -> None:
+        plain, ddp = times[names[0]], times[names[1]]
+        payload["ratios"] = [d / p for p, d in zip(plain, ddp, strict=False)]  # DDP time / plain time, per round
+        payload["throughput_ddp_over_plain"] = statistics.median(p / d for p, d in zip(plain, ddp, strict=False)) \
+            if ddp else None  # fmt: skip
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(payload, indent=2))
+
+    status = 0
     try:
-        # strategy="auto" in a group of one is plain fit(); "ddp" wraps it anyway: the wrapper's cost alone.
-        contenders = {
-            "fit()": _runner("gpt2", device, "auto", "bf16", 10),
-            "fit(strategy='ddp'), 1 GPU": _runner("gpt2", device, "ddp", "bf16", 10),
-        }
-        times = per_step_rounds(contenders, 3, 13, rounds)
+        with sigterm_as_interrupt():
+            # strategy="auto" in a group of one is plain fit(); "ddp" wraps it anyway: the wrapper's cost alone.
+            contenders = {names[0]: _runner(workload, device, "auto", precision, 10),
+                          names[1]: _runner(workload, device, "ddp", precision, 10)}  # fmt: skip
+            for r in range(rounds):  # one round at a time, so that each is saved as soon as it is measured
+                for n, values in per_step_rounds(contenders, 3, 13, 1, offset=r, warm_up=r == 0).items():
+                    times[n] += values
+                save()
+        payload["complete"] = True
+    except Terminated:
+        print("ddp_overhead: terminated (SIGTERM): writing the rounds measured", file=sys.stderr)
+        status = 143
     finally:
         dist.destroy_process_group()
-    plain = statistics.median(times["fit()"])
-    ratios = [d / p for p, d in zip(times["fit()"], times["fit(strategy='ddp'), 1 GPU"], strict=True)]
-    name = torch.cuda.get_device_name(device)
-    print(f"{name}, torch {torch.__version__}: GPT-2 124M, batch 8 x 1024 tokens, bf16, AdamW (fused)")
-    print(f"  fit(): {plain * 1e3:.1f} ms/step; DDP of world size 1 / plain: {statistics.median(ratios):.3f}x "
-          f"(rounds {min(ratios):.3f}-{max(ratios):.3f}x)")  # fmt: skip
-    params = sum(p.numel() for p in _model("gpt2", device).parameters())
-    projection = project(plain, params, 8)
-    print_projection(plain, params, 8, projection)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"metadata": metadata(rounds=rounds, gpu=name), "step_s": times, "ratios": ratios,
-                   "projection_8_gpus": projection}  # fmt: skip
-        json_path.write_text(json.dumps(payload, indent=2))
+        save()
+    if times[names[1]]:
+        plain = statistics.median(times[names[0]])
+        ratios = payload["ratios"]
+        print(f"{name}, torch {torch.__version__}: GPT {size}, batch 8 x block tokens, {precision}, AdamW")
+        print(f"  fit(): {plain * 1e3:.1f} ms/step; DDP of world size 1 / plain time: {statistics.median(ratios):.3f}x "
+              f"(rounds {min(ratios):.3f}-{max(ratios):.3f}x); throughput DDP / plain "
+              f"{payload['throughput_ddp_over_plain']:.3f}x")  # fmt: skip
+        params = sum(p.numel() for p in _model(workload, torch.device("meta")).parameters())
+        projection = project(plain, params, 8)
+        print_projection(plain, params, 8, projection)
+        payload["projection_8_gpus"] = projection
+        save()
+    return status
 
 
 def project(step_s: float, params: int, n: int) -> dict[str, dict[str, float]]:
@@ -245,7 +275,10 @@ def print_projection(step_s: float, params: int, n: int, projection: dict[str, d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gpu", action="store_true", help="DDP world size 1 vs plain fit() on cuda:0")
+    p.add_argument("--gpu", action="store_true", help="DDP world size 1 vs plain fit() on cuda:0 (--single there)")
+    p.add_argument("--single", action="store_true", help="DDP world size 1 vs plain fit() on --device")
+    p.add_argument("--device", default="cuda:0", help="device of --gpu/--single (default cuda:0)")
+    p.add_argument("--size", default="gpt2", help="GPT size of --gpu/--single (default gpt2: 124M)")
     p.add_argument("--project", action="store_true", help="only print the projection for --step-ms and --params")
     p.add_argument("--step-ms", type=float, help="single-GPU step time for --project")
     p.add_argument("--params", type=int, help="trainable parameters for --project")
@@ -262,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--project needs --step-ms > 0, --params > 0 and --gpus > 1")
         step_s = args.step_ms / 1e3
         print_projection(step_s, args.params, args.gpus, project(step_s, args.params, args.gpus))
-    elif args.gpu:
-        gpu_mode(args.rounds, args.json)
+    elif args.gpu or args.single:
+        if args.gpu and not torch.cuda.is_available():
+            print("ddp_overhead --gpu: no CUDA device here, nothing measured. (--single --device cpu rehearses it.)")
+            return 0
+        return single_device_mode(torch.device(args.device), args.size, args.rounds, args.json)
     else:
         with tempfile.TemporaryDirectory(prefix="ddp_overhead-") as scratch:  # where each process leaves its time
             cpu_mode(args.rounds, Path(scratch), args.json)

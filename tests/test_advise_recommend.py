@@ -261,3 +261,18 @@ def test_advise_measures_the_gpu_here_and_checks_its_prediction() -> None:
         assert any(p.link.name.startswith("measured on cuda") for p in advice.predicted)
     if advice.verdict.startswith("gpu"):
         assert "measured" in advice.recommendation  # the GPU here, not a prediction, is what is recommended
+
+
+def test_the_link_is_measured_from_memory_that_holds_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An untouched torch.empty buffer reads as the kernel's shared zero page: the copy would look too fast.
+    buf = recommend.host_buffer(3 * 4096 + 7)
+    assert buf.dtype == torch.uint8 and int((buf == 0).sum()) == 0
+    made: list[int] = []
+
+    def spy(nbytes: int, *, pinned: bool = False) -> torch.Tensor:
+        made.append(nbytes)
+        return recommend.torch.full((nbytes,), 1, dtype=torch.uint8)
+
+    monkeypatch.setattr(recommend, "host_buffer", spy)
+    assert recommend.measure_link("cpu", nbytes=1 << 16) > 0
+    assert made == [1 << 16]

@@ -175,5 +175,6 @@ def test_l2_flush_and_graph_replay_run_on_cuda() -> None:
     flushed = measure(lambda: x * 2, device="cuda", flush_l2=True, min_time=0.05, max_time=0.5)
     assert flushed.number_per_block == 1 and flushed.runs <= 1000
     graphed = measure(lambda: x * 2, device="cuda", cuda_graph=True, min_time=0.05)
-    eager = measure(lambda: x * 2, device="cuda", min_time=0.05)
-    assert graphed.median <= eager.median * 1.5
+    assert graphed.device.startswith("cuda") and graphed.median > 0
+    # Whether replay is faster than eager launches is a speed question: benchmarks/gpu_check.sh judges it
+    # (small-ops step, "launch overhead removed by CUDA-graph replay"), not a unit test.

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tangtoc import bench
 from tangtoc.cli import main
@@ -18,7 +23,11 @@ FAST = ["--min-time", "0.01", "--matmul-sizes", "64", "--op-sizes", "100"]
     ("argv", "message"),
     [
         (["bench", "nosuch"], "unknown suite 'nosuch'; the suites are: matmul, small-ops"),
-        (["bench", "--device", "cuda"], "this PyTorch build is CPU-only"),
+        pytest.param(
+            ["bench", "--device", "cuda"],
+            "this PyTorch build is CPU-only",
+            marks=pytest.mark.skipif(torch.version.cuda is not None, reason="the message of a CPU-only build"),
+        ),
         (["bench", "--device", "gpu"], "Did you mean 'cuda'"),
         (["bench", "--json", "/proc/no/such/dir/b.json"], "--json: cannot create the folder /proc/no/such/dir"),
         (["bench", "--plot", "/"], "--plot / is a folder; give a file name"),
@@ -96,3 +105,32 @@ def test_interrupted_run_still_writes_what_it_measured(tmp_path: Path, monkeypat
     assert main(["bench", "small-ops", *FAST, "--json", str(out_json)]) == 130
     rows = json.loads(out_json.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["case"] == "add 1e+02"
+
+
+def _wait_for(predicate, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def test_sigterm_ends_the_run_with_every_case_measured_so_far_written(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    sizes = ",".join(["100"] * 40)  # many slow cases: the run is still going when it is terminated
+    proc = subprocess.Popen([sys.executable, "-m", "tangtoc", "bench", "small-ops", "--op-sizes", sizes,
+                             "--min-time", "0.2", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+    def rows_written() -> bool:
+        try:
+            return len(json.loads(out.read_text())["rows"]) >= 2
+        except (OSError, ValueError):
+            return False
+
+    _wait_for(rows_written)  # the JSON is rewritten after every case, long before the end
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "tangtoc bench: terminated (SIGTERM)" in err
+    data = json.loads(out.read_text())
+    assert 2 <= data["metadata"]["cases_done"] == len(data["rows"]) < data["metadata"]["cases_planned"] == 160

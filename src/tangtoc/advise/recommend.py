@@ -121,11 +121,20 @@ def measure_step(
         )
 
 
+def host_buffer(nbytes: int, *, pinned: bool = False) -> torch.Tensor:
+    """``nbytes`` of host memory holding data, as a real batch does. An untouched ``torch.empty`` buffer is not
+    backed by memory yet (the kernel maps every page to one shared zero page on first read), so a copy from it
+    reads far fewer bytes than it claims and the link looks faster than it is."""
+    buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+    buf.fill_(0xA5)  # writing every page commits it; the value only needs to be non-zero
+    return buf
+
+
 def measure_link(device: torch.device | str, nbytes: int = 64 << 20, *, pinned: bool = False) -> float:
     """Measured host-to-device bandwidth (bytes/s) of a copy of ``nbytes`` to a CUDA ``device``: from pageable
     memory by default, as a batch the user made with ``torch.tensor``/NumPy is, or from pinned memory."""
     dev = resolve(device)
-    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+    src = host_buffer(nbytes, pinned=pinned)
     dst = torch.empty(nbytes, dtype=torch.uint8, device=dev)
     kind = "pinned" if pinned else "pageable"
     m = measure(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from tangtoc import __version__
 from tangtoc.cli import advise, audit, bench, doctor, train
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, TangtocError
+from tangtoc.train.signals import Terminated
 
 COMMANDS = (doctor, bench, train, advise, audit)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TangtocError as e:
         print(f"tangtoc {args.command}: error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except Terminated:
+        print(f"tangtoc {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
     except KeyboardInterrupt:
         print(f"tangtoc {args.command}: interrupted", file=sys.stderr)
         return 130

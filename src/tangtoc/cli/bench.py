@@ -21,6 +21,7 @@ from tangtoc.cli.args import UsageError, check_writable, seconds
 from tangtoc.cli.render import console, fmt_bytes, fmt_seconds
 from tangtoc.device import available_devices, describe, resolve
 from tangtoc.models import GPT_SIZES
+from tangtoc.train.signals import sigterm_as_interrupt
 
 QUICK = ("matmul", "small-ops", "transfer", "residency", "gpt2")
 
@@ -194,31 +195,44 @@ def run(args: argparse.Namespace) -> int:
         out.print("--full: sizes up to 8192 and the real GPT-2 124M; this takes several minutes, more on a CPU.")
     cases = _cases(cfg, args)
     rows: list[Row] = []
+    claims: list[report.Claim] = []
     started = time.perf_counter()
     meta = report.metadata(cfg)
+
+    def save(final: bool) -> None:
+        """Rewrite the JSON with every row so far, so a run killed part-way still leaves its measurements."""
+        nonlocal claims
+        report.add_speedups(rows)
+        claims = report.seed_claims(rows)
+        meta["wall_s"] = time.perf_counter() - started
+        meta["cases_done"], meta["cases_planned"] = len(rows), len(cases)
+        if args.json:
+            report.write_json(args.json, rows, meta, claims)
+        if final and args.plot and rows:
+            report.plot(args.plot, rows)
+
     try:
-        with Progress(
-            TextColumn("{task.description:<48}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=out,
-            transient=True,
-        ) as progress:
+        # SIGTERM (a `timeout`, a scheduler) ends the run like Ctrl-C: the rows measured so far are written.
+        with (
+            sigterm_as_interrupt(),
+            Progress(
+                TextColumn("{task.description:<48}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=out,
+                transient=True,
+            ) as progress,
+        ):
             task = progress.add_task("starting", total=len(cases))
             for case in cases:
                 progress.update(task, description=case.description)
                 rows.append(bench.run_case(case))
                 progress.advance(task)
+                save(final=False)
     finally:
         # Partial results are written even when a case crashes the process or the user presses Ctrl-C.
-        report.add_speedups(rows)
-        claims = report.seed_claims(rows)
-        meta["wall_s"] = time.perf_counter() - started
-        if args.json:
-            report.write_json(args.json, rows, meta, claims)
-        if args.plot and rows:
-            report.plot(args.plot, rows)
+        save(final=True)
     for suite in dict.fromkeys(r.suite for r in rows):
         out.print(_table(suite, [r for r in rows if r.suite == suite]))
     claims_table = Table(title="The seed's claims (section 6.2) vs measured here", title_justify="left")
