@@ -52,7 +52,8 @@ def test_every_planted_sync_copy_and_cpu_tensor_of_the_example_is_found_at_its_l
     assert all(f["location"]["file"].endswith("sync_heavy.py") for f in report["findings"])
     out = capsys.readouterr().out
     assert "tangtoc audit: " in out and "3 step(s) (steps end at optimizer.step())" in out
-    assert "Listed are the lines that would synchronize or copy on a GPU" in out
+    assert "The script names a device, so what it moves or creates there" in out
+    assert "listed are the lines that would synchronize or copy on a GPU" in out
     assert "loss = loss.mean() + 0.1 * hard.mean()" not in out  # only planted lines are listed
 
 
@@ -110,7 +111,10 @@ def test_a_script_that_raises_shows_its_own_traceback(tmp_path: Path, capsys: py
     assert f'File "{path}", line 10, in <module>' in err and f'File "{path}", line 9, in load' in err
     assert "ValueError: no such column" in err
     assert "runpy" not in err and "tangtoc" not in err.split("ValueError")[0]
-    assert "tangtoc audit: the report covers the 2 step(s) before the error." in err
+    assert (
+        f"tangtoc audit: {path} raised ValueError: no such column; the report covers the 2 step(s) before the error."
+        in err
+    )
 
 
 def test_a_syntax_error_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,7 +140,7 @@ def test_a_script_without_optimizer_steps_is_told_to_mark_them(
     path = script(tmp_path, "import torch\nfor _ in range(3):\n    torch.ones(2, device='cpu').sum().item()\n")
     assert main(["audit", str(path)]) == 1
     captured = capsys.readouterr()
-    assert "finished without calling optimizer.step(), so there were no steps to audit" in captured.err
+    assert "finished without calling optimizer.step() or backward(), so there were no steps to audit" in captured.err
     assert "`from tangtoc.diagnose import mark_step` then `mark_step()` at the end of each iteration" in captured.err
     assert ".item() — would synchronize on a GPU" in captured.out  # the whole run is still reported
 

@@ -154,30 +154,40 @@ def test_real_copies_are_counted_with_bytes_and_memory_kind() -> None:
     assert [s.copies for s in report.steps] == [5, 5]  # each copy once: the aten layer does not recount them
 
 
-def test_on_an_accelerator_cpu_reads_are_not_syncs_but_cpu_born_tensors_are_reported() -> None:
+def test_on_an_accelerator_cpu_reads_are_not_syncs_and_only_cpu_born_tensors_that_meet_it_are_reported() -> None:
     host = torch.ones(2)
     with audit(device="meta") as a:
         for _ in range(2):
             host.sum().item()  # a CPU tensor's value: no device to wait for
-            torch.zeros(3, device="cpu")  # audit: born on the CPU inside a step
+            torch.zeros(3, device="cpu") * 2  # never meets the device: it stays on the host in any run
+            (torch.zeros(3, device="cpu") + 1).to("meta")  # audit: born on the CPU inside a step
             mark_step()
     report = a.report()
-    assert not report.cpu_only
-    assert found(report) == {(line_of("born on the CPU inside a step"), "torch.zeros")}
-    assert "while the model computes on meta" in report.findings[0].why
+    assert not report.cpu_only and report.mode == "observed"
+    line = line_of("born on the CPU inside a step")
+    assert found(report) == {(line, "torch.zeros"), (line, ".to()")}
+    (born,) = [f for f in report.findings if f.kind == "cpu-tensor"]
+    assert "while the model computes on meta" in born.why
 
 
-def test_set_up_ranks_after_what_recurs() -> None:
+def test_set_up_is_what_runs_before_the_loop_and_a_later_one_off_is_once_in_its_step() -> None:
     model = nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with audit() as a:
         torch.randn(100_000)  # audit: set-up
-        for _ in range(3):
+        torch.ones(1, device="cpu").item()  # a set-up sync: counted, not listed
+        for step in range(4):
             model(torch.ones(1, 4, device="cpu")).sum().backward()
             opt.step()
             torch.ones(1, device="cpu").item()  # audit: in the loop
-    ops = [(f.location.line, f.steps_seen) for f in a.report().findings]
-    assert ops == [(line_of("in the loop"), 2), (line_of("set-up"), 1)]
+            if step == 2:
+                torch.ones(1, device="cpu").tolist()  # audit: one-off
+    report = a.report()
+    ops = [(f.location.line, f.steps_seen, f.first_step, f.setup_count) for f in report.findings]
+    # The reads after opt.step() belong to the next step: the loop's read is in steps 2-4, the one-off in step 4.
+    assert ops == [(line_of("in the loop"), 3, 2, 0), (line_of("one-off"), 1, 4, 0), (line_of("set-up"), 0, 0, 1)]
+    assert report.setup is not None and (report.setup.syncs, report.setup.cpu_tensors) == (1, 1)
+    assert [s.syncs for s in report.steps] == [0, 1, 1, 2]
 
 
 def test_modes_hooks_and_synchronize_are_restored_on_every_exit_path() -> None:

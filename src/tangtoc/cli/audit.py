@@ -3,7 +3,8 @@ step, its host-device synchronizations, cross-device copies and CPU-born tensors
 
 The script runs as ``python SCRIPT ARGS...`` would run it (``sys.argv``, ``__main__``, the script's folder
 first on ``sys.path``) and stops cleanly after N optimizer steps. Exit status: the script's own (0 when it
-was stopped after N steps), 1 when it raised or had no steps to audit, 2 for a usage error.
+was stopped after N steps), 1 when it raised or had no steps to audit, 2 for a usage error. Steps end at
+``optimizer.step()``; a loop without an optimizer (manual SGD) counts its ``backward()`` calls instead.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def _exit_code(code: object) -> int:
     return 1
 
 
-def _run_script(path: Path, script_args: list[str], audit: Audit) -> tuple[int, bool]:
-    """Run the script under ``audit`` as `python` would: its exit status, and whether it raised (traceback shown)."""
+def _run_script(path: Path, script_args: list[str], audit: Audit) -> tuple[int, str | None]:
+    """Run the script under ``audit`` as `python` would: its exit status, and the error it raised, if it did
+    (``"ValueError: no such column"``; its traceback is shown)."""
     script = str(path)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script, *script_args]
@@ -116,14 +118,14 @@ def _run_script(path: Path, script_args: list[str], audit: Audit) -> tuple[int, 
     try:
         with audit:
             runpy.run_path(script, run_name="__main__")
-        return 0, False
+        return 0, None
     except SystemExit as e:
-        return _exit_code(e.code), False
+        return _exit_code(e.code), None
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # the script's own error: shown as `python SCRIPT` would show it
         traceback.print_exception(type(e), e, _user_traceback(e.__traceback__, str(path.resolve())))
-        return EXIT_FAILED, True
+        return EXIT_FAILED, "".join(traceback.format_exception_only(type(e), e)).strip()
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
 
@@ -158,22 +160,24 @@ def run(args: argparse.Namespace) -> int:
         print("".join(traceback.format_exception_only(type(e), e)), end="", file=sys.stderr)
         return EXIT_FAILED
     audit = Audit(steps)
-    status, raised = _run_script(path, script_args, audit)
+    status, error = _run_script(path, script_args, audit)
     report = audit.report()
     _render(report, str(path), steps)
     if json_file:
         Path(json_file).write_text(to_json(report.to_dict()) + "\n")
         _say(console(), f"JSON report written to {json_file}")
+    if error is not None:
+        covered = f"the {len(report.steps)} step(s)" if report.steps else "the run (it ended before its first step)"
+        _say(err, f"tangtoc audit: {path} raised {error}; the report covers {covered} before the error.")
+        return status
     if report.step_source is None:
         _say(
             err,
-            f"tangtoc audit: {path} finished without calling optimizer.step(), so there were no steps to audit "
-            "(the findings above cover the whole run). To audit per step, mark the end of each step in your loop: "
-            "`from tangtoc.diagnose import mark_step` then `mark_step()` at the end of each iteration.",
+            f"tangtoc audit: {path} finished without calling optimizer.step() or backward(), so there were no "
+            "steps to audit (the findings above cover the whole run). To audit per step, mark the end of each step "
+            "in your loop: `from tangtoc.diagnose import mark_step` then `mark_step()` at the end of each iteration.",
         )
         return status or EXIT_FAILED
-    if raised and report.steps:
-        _say(err, f"tangtoc audit: the report covers the {len(report.steps)} step(s) before the error.")
     return status
 
 
@@ -182,18 +186,37 @@ def _say(where: Console, text: str) -> None:
     where.print(text, markup=False, soft_wrap=True)
 
 
+_MODES = {
+    "inferred": "No GPU in use: nothing waited and nothing moved here. The script names a device, so what it moves "
+    "or creates there, and what is computed from it, is taken to be on the GPU: listed are the lines that would "
+    "synchronize or copy on a GPU, and the tensors born on the CPU that meet the device.",
+    "unnamed": "No GPU in use, and the script never names a device (no `.to(device)`, no `device=`), so what would "
+    "live on a GPU cannot be told: every host read is listed as if its tensor were on the GPU.",
+}
+
+
+def _when(n_steps: int, seen: int, first: int, setup_count: int) -> str:
+    """When a finding happened, if not in every step: in set-up, once in step k, in some steps."""
+    setup = f"{setup_count}× in set-up" if setup_count else ""
+    if not seen:
+        return f"; {setup}, before the first step"
+    if n_steps > 1 and seen == 1:
+        return f" (once, in step {first}{', and ' + setup if setup else ''})"
+    if seen < n_steps:
+        return f" (in {seen} of {n_steps} steps{', and ' + setup if setup else ''})"
+    return f" (and {setup})" if setup else ""
+
+
 def _render(report: AuditReport, script: str, asked: int) -> None:
     out = console()
     n = len(report.steps)
     source = f"steps end at {report.step_source}" if report.step_source else "no steps: the whole run"
+    if report.step_source == "backward()":
+        source += ", as no optimizer.step() was seen"
     ended = "" if report.stopped or not report.step_source else f"; the script ended after {n} of {asked} steps"
     _say(out, f"tangtoc audit: {script}: {n} step(s) ({source}{ended}); model on {report.device}")
-    if report.cpu_only:
-        _say(
-            out,
-            "No GPU in use: nothing waited and nothing moved here. Listed are the lines that would synchronize or "
-            "copy on a GPU, and the tensors that would be born on the CPU.",
-        )
+    if report.mode in _MODES:
+        _say(out, _MODES[report.mode])
     if not report.findings:
         out.print("[green]No syncs, copies or CPU-born tensors found in the audited steps.[/green]")
     per = max(n, 1)
@@ -201,14 +224,19 @@ def _render(report: AuditReport, script: str, asked: int) -> None:
         where = f"{f.location}" if f.location else "(no Python caller: autograd or C++)"
         code = f.location.code if f.location else ""
         size = f", {fmt_bytes(f.bytes / per)}/step" if f.bytes and f.kind != "sync" else ""
-        once = " (first step only: set-up)" if n > 1 and f.steps_seen == 1 else ""
+        via = f" inside {f.via}" if f.via else ""
         _say(out, f"{i:>2}. {where}  {code}")
-        _say(
-            out,
-            f"    {f.op} — {f.detail}; {f.count / per:.1f}×/step{size}, ~{f.seconds_per_step * 1e6:.0f} µs/step{once}",
-        )
+        cost = f"; {f.count / per:.1f}×/step{size}, ~{f.seconds_per_step * 1e6:.0f} µs/step" if f.count else ""
+        _say(out, f"    {f.op}{via} — {f.detail}{cost}" + _when(n, f.steps_seen, f.first_step, f.setup_count))
         _say(out, f"    why: {f.why}")
         _say(out, f"    fix: {f.fix}")
+    if report.setup is not None:
+        s = report.setup
+        _say(
+            out,
+            f"set-up (before the first step, outside the loop): {s.syncs} sync, {s.copies} copy "
+            f"({fmt_bytes(s.copy_bytes)}), {s.cpu_tensors} CPU-born; one-offs, listed only where they cost per step",
+        )
     if report.steps:
         _say(
             out,

@@ -3,86 +3,36 @@
 Seed 3.2 and 6.3: transfers cost time, and data and model should stay on the device. The costly mistakes
 hide in innocent lines — ``loss.item()`` for a progress bar, ``batch.to(device)`` of a data set that
 would fit on the device, ``torch.randn(...)`` without ``device=`` — each at the user's ``file:line``.
+What each call is, and the two layers that see the calls, are in :mod:`tangtoc.diagnose.audit_events`;
+on a CPU-only machine, which tensors would be on the GPU is inferred (:mod:`tangtoc.diagnose.intent`).
 
-Two layers see different things, and each case is taken from the layer that sees it:
-
-* a :class:`~torch.overrides.TorchFunctionMode` sees the Python-level calls: ``.item()``, ``.tolist()``,
-  ``bool(t)``, ``print(t)``/f-strings, ``.cpu()``, ``.numpy()``, ``.to()``, boolean-mask indexing,
-  ``nonzero``/``unique``, and the creation functions (``torch.zeros``...) with whether ``device=`` was
-  given. On the CPU some of these never reach the aten dispatcher (``.tolist()`` does not, nor a ``.to()``
-  that has nothing to move), so this layer is also what reports, on a CPU-only machine, the operations
-  that *would* synchronize or copy on a GPU;
-* a :class:`~torch.utils._python_dispatch.TorchDispatchMode` sees the aten operations underneath: real
-  cross-device copies and synchronizing kernels reached from C++ or from inside library calls.
-
-An event recorded by the first layer marks its own call as covered, so the second does not count it twice.
-Steps end at each ``step()`` of the first optimizer that steps, or at each :func:`mark_step`.
+Steps end at each ``step()`` of the first optimizer that steps, or at each :func:`mark_step`. A loop without
+an optimizer (manual SGD) counts a step at each ``backward()`` whose gradients were used (zeroed, replaced)
+before the next one; gradients left to accumulate are one step. Everything before the first step that does
+not run inside the training loop (the loop around the step's call) is set-up.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import weakref
+from types import FrameType
 from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from tangtoc.device import DeviceLike, resolve
-from tangtoc.diagnose.audit_report import AuditReport, EventKey, build_report
-from tangtoc.diagnose.calls import CREATION_FUNCTIONS
-from tangtoc.diagnose.frames import caller_is_user, user_location
+from tangtoc.diagnose.audit_events import CONVERTERS, Calls, Kernels
+from tangtoc.diagnose.audit_report import AuditReport, EventKey, Events, build_report
+from tangtoc.diagnose.frames import Loop, enclosing_loop, user_location, user_stack
+from tangtoc.diagnose.intent import Intent
 from tangtoc.errors import TangtocError
 
 Tensor = torch.Tensor
-aten = torch.ops.aten
-
-_SYNC_METHODS: dict[Any, str] = {
-    Tensor.item: ".item()",
-    Tensor.tolist: ".tolist()",
-    Tensor.__bool__: "bool(tensor) / if tensor:",
-    Tensor.__int__: "int(tensor)",
-    Tensor.__float__: "float(tensor)",
-    Tensor.__index__: "tensor as an index",
-    Tensor.__format__: "format(tensor) / f-string",
-    Tensor.__repr__: "print(tensor) / repr",
-    Tensor.numpy: ".numpy()",
-    Tensor.__array__: "np.asarray(tensor)",
-    Tensor.nonzero: "nonzero",
-    torch.nonzero: "nonzero",
-    torch.argwhere: "nonzero",
-    Tensor.argwhere: "nonzero",
-    torch.unique: "unique",
-    Tensor.unique: "unique",
-    torch.unique_consecutive: "unique",
-    Tensor.unique_consecutive: "unique",
-    torch.masked_select: "masked_select",
-    Tensor.masked_select: "masked_select",
-    torch.equal: "torch.equal / allclose",
-    Tensor.equal: "torch.equal / allclose",
-    torch.allclose: "torch.equal / allclose",
-    Tensor.allclose: "torch.equal / allclose",
-    torch.bincount: "bincount",
-    Tensor.bincount: "bincount",
-}
-_MASK_INDEX: dict[Any, str] = {Tensor.__getitem__: "x[bool mask]", Tensor.__setitem__: "x[bool mask] = v"}
-_REPEAT = frozenset({torch.repeat_interleave, Tensor.repeat_interleave})
-_MOVES: dict[Any, str] = {Tensor.to: ".to()", Tensor.cuda: ".cuda()", Tensor.cpu: ".cpu()"}
-_FACTORIES: dict[Any, str] = {f: f"torch.{f.__name__}" for f in CREATION_FUNCTIONS}
-# aten operations that make the host wait, as reached from C++ or inside library calls.
-_SYNC_ATEN = {
-    aten._local_scalar_dense: ".item()",
-    aten.is_nonzero: "bool(tensor) / if tensor:",
-    aten.equal: "torch.equal / allclose",
-    aten.nonzero: "nonzero",
-    aten.masked_select: "masked_select",
-    aten._unique2: "unique",
-    aten.unique_consecutive: "unique",
-    aten.unique_dim: "unique",
-    aten.bincount: "bincount",
-}
+# Before the first step ends, events are kept with the user's stack, to tell set-up from the first step.
+_Raw = dict[tuple[EventKey, tuple[tuple[str, int], ...]], list[int]]
 
 
 class StopAudit(BaseException):
@@ -97,127 +47,52 @@ class StopAudit(BaseException):
         self.audit = audit
 
 
-def _same_place(target: torch.device, source: torch.device) -> bool:
-    return target.type == source.type and (target.index is None or target.index == source.index)
+def _count(into: dict[Any, list[int]], key: Any, n: int, nbytes: int) -> None:
+    slot = into.get(key)
+    if slot is None:
+        slot = into[key] = [0, 0]
+    slot[0] += n
+    slot[1] += nbytes
 
 
-def _copy(op: str, src: Tensor, dst: torch.device, non_blocking: bool) -> tuple[EventKey, Tensor] | None:
-    """A real copy of ``src`` to ``dst`` (``None`` when it is already there), counting ``src``'s bytes."""
-    if _same_place(dst, src.device):
-        return None
-    pinned = src.is_pinned() if src.device.type == "cpu" else None
-    return EventKey("copy", op, user_location(), False, src.device.type, dst.type, pinned, non_blocking), src
+def _plain(events: _Raw | Events) -> Events:
+    """Events by key alone, the stacks of raw ones dropped."""
+    out: Events = {}
+    for key, (n, nbytes) in events.items():
+        _count(out, key[0] if isinstance(key, tuple) else key, n, nbytes)
+    return out
 
 
-def _non_blocking(args: tuple, kwargs: dict, position: int) -> bool:
-    return bool(args[position] if len(args) > position else kwargs.get("non_blocking", False))
+def _add_into(into: dict[Any, list[int]], events: dict[Any, list[int]]) -> dict[Any, list[int]]:
+    for key, (n, nbytes) in events.items():
+        _count(into, key, n, nbytes)
+    return into
 
 
-def _has_bool_mask(index: Any) -> bool:
-    """Whether an index (``x[mask]``, ``x[mask, 0]``) holds a boolean tensor: its result size depends on the data."""
-    items = index if isinstance(index, (tuple, list)) else (index,)
-    return any(isinstance(i, Tensor) and i.dtype == torch.bool for i in items)
+def _split(raw: _Raw, loop: Loop | None) -> tuple[Events, Events]:
+    """(set-up, first step) of the events before the first step ended: set-up is what ran outside the loop."""
+    setup: Events = {}
+    first: Events = {}
+    for (key, stack), (n, nbytes) in raw.items():
+        _count(first if loop is None or loop.holds(stack) else setup, key, n, nbytes)
+    return setup, first
 
 
-class _Calls(TorchFunctionMode):
-    """The Python-level layer: syncing methods, moves, creation functions."""
-
-    def __init__(self, audit: Audit) -> None:
-        super().__init__()
-        self.audit = audit
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        a = self.audit
-        if a.stopped:
-            return func(*args, **kwargs)
-        if func in _FACTORIES:
-            out = func(*args, **kwargs)
-            if isinstance(out, Tensor) and out.device.type == "cpu" and caller_is_user(sys._getframe(1)):
-                explicit = kwargs.get("device") is not None
-                a.record(EventKey("cpu-tensor", _FACTORIES[func], user_location(), True, explicit_device=explicit), out)
-            return out
-        event = _event(func, args, kwargs)
-        if event is None:
-            return func(*args, **kwargs)
-        a.record(*event)
-        a.covered += 1
-        try:
-            return func(*args, **kwargs)
-        finally:
-            a.covered -= 1
-
-
-def _target(func: Any, args: tuple, kwargs: dict) -> tuple[torch.device | None, bool]:
-    """Where ``.to()``/``.cpu()``/``.cuda()`` sends the tensor (``None`` for a dtype-only ``.to``), and non_blocking."""
-    if func is Tensor.to:
-        device, _, non_blocking, _ = torch._C._nn._parse_to(*args[1:], **kwargs)
-        return device, non_blocking
-    if func is Tensor.cpu:
-        return torch.device("cpu"), False
-    index = args[1] if len(args) > 1 else kwargs.get("device")
-    device = torch.device("cuda", index) if isinstance(index, int) else torch.device(index or "cuda")
-    return device, _non_blocking(args, kwargs, 2)
-
-
-def _event(func: Any, args: tuple, kwargs: dict) -> tuple[EventKey, Tensor] | None:
-    """The event ``func(*args)`` is, with the tensor whose bytes it counts; ``None`` if it neither syncs nor moves.
-
-    Called from the TorchFunctionMode handler: ``sys._getframe(2)`` is the code that called ``func``.
-    """
-    if not args or not isinstance(args[0], Tensor):
-        return None
-    t = args[0]
-    label = _SYNC_METHODS.get(func)
-    if label is None and func in _MASK_INDEX and len(args) > 1 and _has_bool_mask(args[1]):
-        label = _MASK_INDEX[func]
-    if label is None and func in _REPEAT and "output_size" not in kwargs:
-        label = "repeat_interleave"
-    if label is not None:
-        cpu_only = t.device.type == "cpu"
-        if cpu_only and not caller_is_user(sys._getframe(2)):
-            return None  # a library's own host-side read (e.g. Adam's CPU step counter): not a GPU sync
-        return EventKey("sync", label, user_location(), cpu_only), t
-    if func is Tensor.copy_ and len(args) > 1 and isinstance(args[1], Tensor):
-        return _copy(".copy_()", args[1], t.device, _non_blocking(args, kwargs, 2))
-    label = _MOVES.get(func)
-    if label is None:
-        return None
-    target, non_blocking = _target(func, args, kwargs)
-    if target is None:
-        return None
-    real = _copy(label, t, target, non_blocking)
-    if real is not None or t.device.type != "cpu" or not caller_is_user(sys._getframe(2)):
-        return real
-    # Nothing moves on this machine; on a GPU, `.to(device)` copies to it and `.cpu()` copies back.
-    way = ("device", "cpu") if func is Tensor.cpu else ("cpu", "device")
-    return EventKey("copy", label, user_location(), True, *way, t.is_pinned(), non_blocking), t
-
-
-class _Kernels(TorchDispatchMode):
-    """The aten layer: real cross-device copies and synchronizing kernels the Python layer did not cover."""
-
-    def __init__(self, audit: Audit) -> None:
-        super().__init__()
-        self.audit = audit
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        a = self.audit
-        if not a.covered and not a.stopped:
-            packet = func.overloadpacket
-            label = _SYNC_ATEN.get(packet)
-            if label is not None and isinstance(args[0], Tensor) and args[0].device.type not in ("cpu", "meta"):
-                a.record(EventKey("sync", label, user_location(), False), args[0])
-            else:
-                copy = None
-                if packet is aten._to_copy and kwargs.get("device") is not None:
-                    copy = _copy("aten._to_copy", args[0], kwargs["device"], _non_blocking((), kwargs, 0))
-                elif packet is aten.copy_:
-                    copy = _copy("aten.copy_", args[1], args[0].device, _non_blocking(args, kwargs, 2))
-                if copy is not None:
-                    a.record(*copy)
-        return func(*args, **kwargs)
+def _leaves(loss: Tensor) -> list[Tensor]:
+    """The tensors whose ``.grad`` a ``loss.backward()`` fills: the leaves of its autograd graph."""
+    seen: set[Any] = set()
+    todo = [loss.grad_fn]
+    leaves = []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node holds its leaf
+        if isinstance(variable, Tensor):
+            leaves.append(variable)
+        todo.extend(n for n, _ in node.next_functions)
+    return leaves
 
 
 _active: Audit | None = None
@@ -244,37 +119,59 @@ class Audit:
         self.device = None if device is None else resolve(device)
         self.stopped = False
         self.covered = 0
-        self._steps: list[dict[EventKey, list[int]]] = []
-        self._current: dict[EventKey, list[int]] = {}
+        self.intent = Intent()
+        self._setup: Events | None = None  # None until the first step ends; until then events are raw
+        self._steps: list[Events] = []
+        self._current: dict[Any, list[int]] = {}
         self._source: str | None = None
         self._cadence: torch.optim.Optimizer | None = None
         self._model_device: torch.device | None = None
+        # backward() as the step, for loops without an optimizer: the events up to the last backward(), where
+        # that call was, and the gradients it left (to see whether they were used before the next one).
+        self._pending: dict[Any, list[int]] | None = None
+        self._pending_loop: Loop | None = None
+        self._grads: list[tuple[weakref.ref[Tensor], int, int]] = []
         self._modes: list[Any] = []
         self._hook: Any = None
         self._real_synchronize: Any = None
 
     def record(self, key: EventKey, tensor: Tensor | None) -> None:
         """Count one event, and the bytes of ``tensor``, in the current step."""
-        slot = self._current.get(key)
-        if slot is None:
-            slot = self._current[key] = [0, 0]
-        slot[0] += 1
-        if tensor is not None:
-            slot[1] += tensor.numel() * tensor.element_size()
+        where: Any = key if self._setup is not None else (key, user_stack(sys._getframe(1)))
+        _count(self._current, where, 1, 0 if tensor is None else tensor.numel() * tensor.element_size())
+
+    def meet(self, sites: frozenset[EventKey], moved: bool) -> None:
+        """Host tensors made at ``sites`` met the device (``moved``: by a ``.to(device)``) in this step."""
+        for site in sites:
+            # Host data turned into a tensor and moved: the copy is the finding, at its own line.
+            if not (moved and site.op in CONVERTERS):
+                self.record(EventKey("meet", site.op, site.location, True, place=site.place), None)
 
     def mark_step(self) -> None:
         """End the current step; from the first call on, optimizer steps no longer end steps."""
-        self._end_step("mark_step()")
+        self._fold_pending()
+        self._end_step("mark_step()", enclosing_loop(sys._getframe(1)))
 
-    def _end_step(self, source: str) -> None:
+    def _end_step(self, source: str, loop: Loop | None, events: dict[Any, list[int]] | None = None) -> None:
+        """End a step made of ``events`` (default: everything since the last step)."""
         if self.stopped:
             return
         self._source = source
-        self._steps.append(self._current)
-        self._current = {}
+        if events is None:
+            events, self._current = self._current, {}
+        if self._setup is None:
+            self._setup, events = _split(events, loop)
+            self._current = _plain(self._current)
+        self._steps.append(events)
         if self.max_steps is not None and len(self._steps) >= self.max_steps:
             self.stopped = True
             raise StopAudit(self, len(self._steps))
+
+    def _fold_pending(self) -> None:
+        """Join the events held since the last backward() back into the current step (it was not a step)."""
+        if self._pending is not None:
+            self._current = _add_into(self._pending, self._current)
+            self._pending = None
 
     def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._source == "mark_step()":
@@ -284,7 +181,34 @@ class Audit:
             params = [p for g in optimizer.param_groups for p in g["params"]]
             self._model_device = params[0].device if params else None
         if optimizer is self._cadence:
-            self._end_step("optimizer.step()")
+            self._fold_pending()
+            self._end_step("optimizer.step()", enclosing_loop(sys._getframe(1)))
+
+    def backward(self, func: Any, args: tuple, kwargs: dict, frame: FrameType) -> Any:
+        """Run ``loss.backward()``; without an optimizer, each backward() whose gradients were used is a step."""
+        counting = self._cadence is None and self._source != "mark_step()"
+        if counting:
+            if self._pending is not None:
+                if self._grads_used():
+                    pending, self._pending = self._pending, None
+                    self._end_step("backward()", self._pending_loop, pending)
+                else:  # gradients accumulate: the same step goes on
+                    self._fold_pending()
+            leaves = _leaves(args[0])
+        out = func(*args, **kwargs)
+        if counting and not self.stopped:
+            self._grads = [(weakref.ref(p), id(p.grad), -1 if p.grad is None else p.grad._version) for p in leaves]
+            self._pending, self._current = self._current, {}
+            self._pending_loop = enclosing_loop(frame) if self._setup is None else None
+        return out
+
+    def _grads_used(self) -> bool:
+        """Whether the gradients the last backward() left were read and reset (zeroed, replaced) since."""
+        for ref, grad_id, version in self._grads:
+            p = ref()
+            if p is None or p.grad is None or id(p.grad) != grad_id or p.grad._version != version:
+                return True
+        return not self._grads
 
     def _synchronize(self, *args: Any, **kwargs: Any) -> Any:
         if not self.stopped:
@@ -304,7 +228,7 @@ class Audit:
             self._hook = register_optimizer_step_post_hook(self._on_optimizer_step)
             self._real_synchronize = torch.cuda.synchronize
             torch.cuda.synchronize = self._synchronize
-            for mode in (_Calls(self), _Kernels(self)):
+            for mode in (Calls(self), Kernels(self)):
                 mode.__enter__()
                 self._modes.append(mode)
         except BaseException:
@@ -334,7 +258,21 @@ class Audit:
 
     def report(self) -> AuditReport:
         """The findings so far (complete steps only; without any step boundary, the whole run)."""
-        return build_report(self._steps, self._current, self._source, self.stopped, self.device or self._model_device)
+        steps, current, source = list(self._steps), self._current, self._source
+        if self._pending is not None:  # the last backward() ended a step: nothing after it used its gradients
+            steps, current, source = [*steps, self._pending], self._current, "backward()"
+        setup = self._setup or {}
+        if self._setup is None and steps:  # one step, by backward(), still raw: split it here
+            setup, steps[0] = _split(steps[0], self._pending_loop)
+        return build_report(
+            steps,
+            _plain(current),
+            setup,
+            source,
+            self.stopped,
+            self.device or self._model_device,
+            self.intent.named,
+        )
 
 
 def audit(steps: int | None = None, device: DeviceLike | None = None) -> Audit:
