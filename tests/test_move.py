@@ -59,18 +59,16 @@ class Derived:
         self.doubled = self.x * 2
 
 
-class FakeBatchEncoding(UserDict):
-    """Imitates transformers' BatchEncoding: a UserDict whose own ``.to`` moves its values in place."""
+class Movable:
+    """An object with its own ``.to`` (like a TensorDict): to_device hands it over and records the call."""
 
-    def __init__(self, data: dict, encodings: Any = None) -> None:
-        super().__init__(data)
-        self.encodings = encodings
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
         self.to_calls: list[tuple[torch.device, bool]] = []
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> FakeBatchEncoding:
+    def to(self, device: torch.device, non_blocking: bool = False) -> Movable:
         self.to_calls.append((device, non_blocking))
-        self.data = {k: v.to(device=device, non_blocking=non_blocking) for k, v in self.data.items()}
-        return self
+        return Movable(self.x.to(device, non_blocking=non_blocking))
 
 
 class FakeCuda(torch.Tensor):
@@ -117,20 +115,17 @@ def test_module_is_moved_in_place() -> None:
 
 
 def test_object_with_its_own_to_is_moved_by_it() -> None:
-    enc = FakeBatchEncoding({"input_ids": torch.ones(2, 3, dtype=torch.long)}, encodings=["enc0", "enc1"])
-    encodings = enc.encodings
-    out = tt.to_device({"batch": enc}, "meta")
-    assert out["batch"] is enc
-    assert enc.to_calls == [(META, False)]
-    assert enc.encodings is encodings
-    assert enc["input_ids"].device == META
-    assert enc["input_ids"].dtype == torch.long
+    obj = Movable(torch.ones(2, 3, dtype=torch.long))
+    out = tt.to_device({"batch": obj}, "meta")
+    assert obj.to_calls == [(META, False)]
+    assert out["batch"].x.device == META
+    assert out["batch"].x.dtype == torch.long
 
 
 def test_object_with_its_own_to_gets_non_blocking_when_forced() -> None:
-    enc = FakeBatchEncoding({"x": torch.ones(1)})
-    tt.to_device(enc, "meta", non_blocking=True)
-    assert enc.to_calls == [(META, True)]
+    obj = Movable(torch.ones(1))
+    tt.to_device(obj, "meta", non_blocking=True)
+    assert obj.to_calls == [(META, True)]
 
 
 def test_object_whose_to_takes_no_non_blocking() -> None:
@@ -403,6 +398,45 @@ def test_skip_keys_applies_to_dataclass_and_namedtuple_fields() -> None:
     out_pair = tt.to_device(pair, "meta", skip_keys=("x",))
     assert out_pair.x is pair.x
     assert out_pair.y.device == META
+
+
+# ----------------------------------------------------------------------------- to_device: float_dtype (opt-in)
+
+
+def test_numpy_float64_becomes_float32_when_asked() -> None:
+    arr = np.random.default_rng(0).standard_normal((3, 4))
+    assert tt.to_device(arr, "meta").dtype == torch.float64  # the default keeps NumPy's dtype, as from_numpy
+    out = tt.to_device({"x": arr}, "meta", float_dtype=torch.float32)["x"]
+    assert (out.device, out.dtype, tuple(out.shape)) == (META, torch.float32, (3, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dev", [CPU, META], ids=["already-there", "moved"])
+def test_float_dtype_casts_every_floating_tensor(dtype: torch.dtype, dev: torch.device) -> None:
+    t = torch.ones(2, dtype=dtype)
+    out = tt.to_device(t, dev, float_dtype=torch.float32)
+    assert (out.device, out.dtype) == (dev, torch.float32)
+    assert t.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.complex64, torch.float32])
+def test_float_dtype_leaves_other_dtypes_and_matching_floats_alone(dtype: torch.dtype) -> None:
+    t = torch.ones(2, dtype=dtype)
+    assert tt.to_device(t, "cpu", float_dtype=torch.float32) is t  # no cast, no copy
+    assert tt.to_device(t, "meta", float_dtype=torch.float32).dtype == dtype
+
+
+def test_float_dtype_keeps_lists_of_numbers_and_modules() -> None:
+    model = nn.Linear(2, 2).double()
+    out = tt.to_device({"weights": [0.5, 1.5], "model": model}, "meta", float_dtype=torch.float32)
+    assert out["weights"] == [0.5, 1.5]
+    assert out["model"].weight.dtype == torch.float64
+
+
+@pytest.mark.parametrize("bad", [torch.int64, "float32", torch.complex64], ids=repr)
+def test_float_dtype_must_be_a_floating_dtype(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"float_dtype must be a floating-point torch\.dtype such as torch\.float32"):
+        tt.to_device(torch.ones(1), "meta", float_dtype=bad)
 
 
 # ------------------------------------------------------------------------------------ to_device: errors
@@ -719,8 +753,7 @@ def test_named_tensors_of_a_tensor_and_a_batch_encoding() -> None:
     t = torch.ones(1)
     assert list(tt.named_tensors(t)) == [("", t)]
     assert list(tt.named_tensors(t, prefix="loss")) == [("loss", t)]
-    enc = FakeBatchEncoding({"input_ids": t})
-    assert list(tt.named_tensors(enc)) == [("['input_ids']", t)]
+    assert list(tt.named_tensors(UserDict({"input_ids": t}))) == [("['input_ids']", t)]
 
 
 def test_fetch_packed_path_reads_conjugate_and_negative_views() -> None:

@@ -10,14 +10,42 @@ factory (accelerate #4154 crashes on it), frozen dataclasses are copied field by
 dtype (``float64`` stays ``float64``, as ``torch.from_numpy`` does; pass ``dtype=`` to
 :func:`as_tensor` to change it). Arrays of strings or objects are not numbers and pass through.
 On the CPU the tensor shares the array's memory (no copy), except for read-only or negatively
-strided arrays, which PyTorch cannot wrap and which are copied first.
+strided arrays, which PyTorch cannot wrap and which are copied first. ``to_device(..., float_dtype=torch.float32)``
+casts them (and every other floating tensor) on the way. Python lists of numbers are data, not tensors:
+they stay lists (:func:`as_tensor` makes one tensor of them).
+
+**Objects rule.** Other objects that hold tensors without a ``.to`` of their own — ``types.SimpleNamespace``,
+``argparse.Namespace``, transformers' ``DynamicCache`` and ``EncoderDecoderCache`` (in a model output's
+``cache``/``past_key_values``), ``torch.distributions`` — are walked through their ``__dict__``: a new
+object of the same type is made with ``type(obj).__new__`` (no ``__init__``, no ``__copy__``) and given the
+moved attributes; ``torch.device`` attributes become the target (a cache layer's ``device`` must agree with
+its tensors) and, with ``float_dtype``, floating ``torch.dtype`` attributes become it. The caller's object is
+left as it was, and an object reached twice (a cycle) is copied once. An object holding nothing to move is
+returned as is. Where such a copy would be wrong, :func:`to_device` refuses with a ``TypeError`` that names
+the tensors it would leave behind, never silently:
+
+* the object holds a module or a model's ``nn.Parameter`` (an optimizer, a trainer): a moved copy would no
+  longer share them with the model;
+* the object keeps state in ``__slots__``, which a ``__dict__`` walk cannot copy faithfully;
+* the class's ``__new__`` needs arguments.
+
+Classes, functions, Python modules, ``functools.partial`` and enum members are code, not data, and are never
+walked. Tensors that C code keeps out of ``__dict__`` and ``__slots__`` cannot be seen by any walker.
+Mappings built on ``collections.UserDict`` (transformers' ``BatchEncoding``, ``BatchFeature``) are walked
+as mappings even though they have a ``.to``: their ``.to`` moves in place and returns the same object, skips
+nested lists of tensors (``BatchEncoding``) and ignores ``skip_keys``. They are copied with ``copy.copy`` (every
+other attribute, e.g. a ``BatchEncoding``'s encodings, is kept) and given the moved values.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections import defaultdict
+import enum
+import functools
+import threading
+import types
+from collections import UserDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Literal, TypeVar
 
@@ -31,10 +59,14 @@ from tangtoc.errors import MixedDevicesError
 T = TypeVar("T")
 NonBlocking = bool | Literal["auto"]
 
-# Kinds of objects the walker meets. The first five are leaves that a caller's function converts.
-_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO, _MAPPING, _NAMEDTUPLE, _SEQUENCE, _SET, _DATACLASS, _ATOM = range(11)
+# Kinds of objects the walker meets. The first five are leaves that a caller's function converts. A _RECORD
+# (a torch.device or dtype) is kept as it is, except as an attribute of an _OBJECT (see the objects rule).
+(_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO, _MAPPING, _NAMEDTUPLE, _SEQUENCE, _SET, _DATACLASS, _OBJECT, _RECORD,
+ _ATOM) = range(13)  # fmt: skip
 _LEAVES = frozenset((_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO))
 _ATOM_TYPES = (str, bytes, bytearray, int, float, complex, type(None), range, slice)
+# Instances of these have a __dict__ but are code, not data; a Python module's namespace reaches everything.
+_CODE_TYPES = (type, types.ModuleType, types.FunctionType, types.MethodType, functools.partial, enum.Enum)
 _NUMERIC_KINDS = frozenset("biufc")  # NumPy dtype kinds PyTorch can hold: bool, int, uint, float, complex
 _kind_cache: dict[type, int] = {}
 
@@ -51,7 +83,10 @@ def _classify(tp: type) -> int:
         return _NPSCALAR
     if issubclass(tp, _ATOM_TYPES):
         return _ATOM
-    # Before Mapping: HF's BatchEncoding is a UserDict whose own .to() keeps its encodings.
+    # Before the .to check: BatchEncoding's and BatchFeature's .to mutate the caller's object and ignore
+    # skip_keys; a UserDict keeps all its values in .data, so the walker can rebuild it faithfully instead.
+    if issubclass(tp, UserDict):
+        return _MAPPING
     if callable(getattr(tp, "to", None)):
         return _HAS_TO
     if issubclass(tp, Mapping):
@@ -64,7 +99,25 @@ def _classify(tp: type) -> int:
         return _SET
     if dataclasses.is_dataclass(tp):
         return _DATACLASS
+    if issubclass(tp, (torch.device, torch.dtype)):
+        return _RECORD
+    if (tp.__dictoffset__ or _slot_names(tp)) and not issubclass(tp, _CODE_TYPES):
+        return _OBJECT
     return _ATOM
+
+
+def _slot_names(tp: type) -> list[str]:
+    """The instance attributes declared in ``__slots__`` anywhere in ``tp``'s MRO, with private names mangled."""
+    names = []
+    for cls in tp.__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in [slots] if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{cls.__name__.lstrip('_')}{name}"
+            names.append(name)
+    return names
 
 
 def _kind(obj: object) -> int:
@@ -95,23 +148,88 @@ def _rebuild(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[str
         )
     if kind == _SET:
         return type(obj)(_rebuild(v, leaf, skip_keys) for v in obj)
-    # A dataclass: copy it and set each field, which works for frozen and slotted classes alike and,
-    # unlike calling __init__, keeps init=False fields and does not rerun __post_init__.
-    new = copy.copy(obj)
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name, _MISSING)
-        if value is not _MISSING and f.name not in skip_keys:
-            object.__setattr__(new, f.name, _rebuild(value, leaf, skip_keys))
-    return new
+    if kind == _DATACLASS:
+        # Copy it and set each field, which works for frozen and slotted classes alike and, unlike
+        # calling __init__, keeps init=False fields and does not rerun __post_init__.
+        new = copy.copy(obj)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name, _MISSING)
+            if value is not _MISSING and f.name not in skip_keys:
+                object.__setattr__(new, f.name, _rebuild(value, leaf, skip_keys))
+        return new
+    if kind == _OBJECT:
+        return _rebuild_object(obj, leaf, skip_keys)
+    return obj  # a _RECORD outside an object: a device or dtype that is data, kept
 
 
 _MISSING = object()
+# Objects already copied during the current walk, by id: a cycle or a shared object is copied once.
+# Thread-local because DataLoader threads and prefetchers move batches concurrently.
+_walk = threading.local()
+
+
+def _rebuild_object(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[str]) -> Any:
+    """``obj`` copied with ``type(obj).__new__`` and its ``__dict__`` rebuilt (the objects rule in the module
+    docstring); ``obj`` itself when it holds nothing to move; a ``TypeError`` where a copy would be wrong."""
+    memo: dict[int, Any] | None = getattr(_walk, "memo", None)
+    if memo is not None and id(obj) in memo:
+        return memo[id(obj)]
+    held = list(_named_leaves(obj, "", set()))
+    if not held:
+        return obj
+    tp = type(obj)
+    name = tp.__qualname__
+    owned = [path for path, x in held if isinstance(x, (nn.Module, nn.Parameter))]
+    if owned:
+        raise TypeError(
+            f"cannot move a {name}: it holds a model's modules or parameters ({_some(owned)}), and a moved "
+            "copy would no longer share them with the model. Move the model with `model.to(device)` and create or "
+            "load this object after the move (an optimizer: `optimizer.load_state_dict(...)` moves its state)."
+        )
+    if _slot_names(tp):
+        raise TypeError(
+            f"cannot move a {name}: it keeps attributes in __slots__, which tangtoc does not copy, and holds "
+            f"tensors that would be left behind ({_some([path for path, _ in held])}). Give {name} a "
+            "`.to(device)` method that returns the moved object, or make it a dataclass."
+        )
+    try:
+        new = tp.__new__(tp)
+    except TypeError as e:
+        raise TypeError(
+            f"cannot move a {name} holding tensors ({_some([path for path, _ in held])}): "
+            f"{name}.__new__ needs arguments ({e}), so no copy can be made. Give {name} a `.to(device)` method."
+        ) from e
+    outer = memo is None
+    if outer:
+        memo = _walk.memo = {}
+    memo[id(obj)] = new  # before the attributes, so a reference back to obj finds the copy
+    try:
+        state = {
+            k: v if k in skip_keys else leaf(v, _RECORD) if _kind(v) == _RECORD else _rebuild(v, leaf, skip_keys)
+            for k, v in vars(obj).items()
+        }
+    finally:
+        if outer:
+            _walk.memo = None
+    new.__dict__.update(state)
+    return new
+
+
+def _some(paths: list[str], n: int = 3) -> str:
+    more = f" and {len(paths) - n} more" if len(paths) > n else ""
+    return ", ".join(paths[:n]) + more
 
 
 def _remake_mapping(obj: Mapping, items: dict) -> Mapping:
     tp = type(obj)
     if tp is dict:
         return items
+    if isinstance(obj, UserDict):
+        # copy.copy keeps every other attribute (a BatchEncoding's encodings) without rerunning __init__,
+        # and the copy gets its own data dict: the caller's object is left as it was.
+        out = copy.copy(obj)
+        out.data = items
+        return out
     if isinstance(obj, defaultdict):
         out = tp(obj.default_factory)
         out.update(items)
@@ -148,7 +266,14 @@ def _npscalar_to_tensor(x: np.generic) -> torch.Tensor | None:
     return _array_to_tensor(np.asarray(x)) if x.dtype.kind in _NUMERIC_KINDS else None
 
 
-def _move(obj: T, target: torch.device, non_blocking: NonBlocking, skip_keys: frozenset[str], detach: bool) -> T:
+def _move(
+    obj: T,
+    target: torch.device,
+    non_blocking: NonBlocking,
+    skip_keys: frozenset[str],
+    detach: bool,
+    float_dtype: torch.dtype | None = None,
+) -> T:
     pending: set[torch.device] = set()  # devices we copied from without blocking, into host memory
     # Decided once per call, not per tensor: device.type builds a new string on every read, and this
     # function runs on every batch of a training loop (benchmarks/move_overhead.py).
@@ -176,6 +301,15 @@ def _move(obj: T, target: torch.device, non_blocking: NonBlocking, skip_keys: fr
             pending.add(t.device)
         return t.to(target, non_blocking=non_blocking)
 
+    if float_dtype is not None:
+        # A wrapper, so the default path pays nothing for the opt-in (even `t.to(device, None)` costs
+        # 0.4 µs more per tensor than `t.to(device)`). The cast runs first, on the source device: NumPy's
+        # float64 then crosses to the accelerator at half the bytes. A pinned tensor's cast is not pinned.
+        move = tensor
+
+        def tensor(t: torch.Tensor) -> torch.Tensor:
+            return move(t.to(float_dtype) if t.is_floating_point() and t.dtype != float_dtype else t)
+
     def leaf(x: Any, kind: int) -> Any:
         if kind == _TENSOR:
             return tensor(x)
@@ -184,7 +318,11 @@ def _move(obj: T, target: torch.device, non_blocking: NonBlocking, skip_keys: fr
         if kind in (_ARRAY, _NPSCALAR):
             t = _array_to_tensor(x) if kind == _ARRAY else _npscalar_to_tensor(x)
             return x if t is None else tensor(t)
-        try:  # anything else with a .to(), e.g. transformers' BatchEncoding
+        if kind == _RECORD:  # an object's record of where its tensors live and of their dtype
+            if isinstance(x, torch.device):
+                return target
+            return float_dtype if float_dtype is not None and x.is_floating_point else x
+        try:  # anything else with a .to(), e.g. a TensorDict
             return x.to(target, non_blocking=non_blocking is True)
         except TypeError:
             return x.to(target)
@@ -198,15 +336,27 @@ def _move(obj: T, target: torch.device, non_blocking: NonBlocking, skip_keys: fr
 
 
 def to_device(
-    obj: T, device: DeviceLike | None, *, non_blocking: NonBlocking = "auto", skip_keys: tuple[str, ...] = ()
+    obj: T,
+    device: DeviceLike | None,
+    *,
+    non_blocking: NonBlocking = "auto",
+    skip_keys: tuple[str, ...] = (),
+    float_dtype: torch.dtype | None = None,
 ) -> T:
     """Move ``obj`` — a tensor, module, NumPy array or any nest of them — to ``device``.
 
     Containers are rebuilt with their own types (dict, OrderedDict, defaultdict, list, tuple, namedtuple,
-    set, dataclasses including frozen ones); objects with their own ``.to`` (e.g. a BatchEncoding) are
-    moved by it; modules are moved in place and returned; strings, numbers and ``None`` pass through.
-    A tensor already on ``device`` is returned as is, without a copy. NumPy arrays and scalars become
-    tensors of the same dtype (see the module docstring).
+    set, dataclasses including frozen ones, transformers' ``ModelOutput``); ``UserDict`` mappings such as
+    transformers' ``BatchEncoding`` and ``BatchFeature`` are copied with their other attributes, and their
+    own ``.to`` (which would change the caller's object) is not called. Other objects that hold tensors
+    (``SimpleNamespace``, transformers' caches) are copied attribute by attribute, or refused with a
+    ``TypeError`` naming the tensors that would be left behind (the objects rule in the module docstring).
+    Any other object with its own ``.to`` is moved by it; modules are moved in place and returned;
+    strings, numbers, Python lists of numbers and ``None`` pass through (lists stay lists: use
+    :func:`as_tensor` for one tensor). Apart from modules and objects moved by their own ``.to``, the
+    caller's containers and objects are never changed. A tensor already on ``device`` is returned as is,
+    without a copy. NumPy arrays and scalars become tensors of
+    the same dtype (see the module docstring).
 
     Args:
         device: ``"cuda"``, ``"cuda:1"``, ``torch.device``, an int (a CUDA index), or ``None``/``"auto"``
@@ -215,9 +365,19 @@ def to_device(
         non_blocking: ``"auto"`` copies without blocking only where that is both safe and useful (a pinned
             CPU tensor going to CUDA). ``True`` forces it; copies *to the CPU* are then awaited once, before
             returning, so the result is always complete.
-        skip_keys: mapping keys and dataclass/namedtuple field names whose values are left where they are.
+        skip_keys: mapping keys and dataclass/namedtuple field and object attribute names whose values are
+            left where they are.
+        float_dtype: opt-in, e.g. ``torch.float32`` for a float32 model fed NumPy's float64. Every floating
+            tensor and array of another floating dtype is cast to it: float64 *and* float16/bfloat16 ones,
+            and those already on ``device`` too (a cast makes a new tensor). Integer, bool and complex
+            tensors are not touched, nor are modules and objects moved by their own ``.to``. ``None`` (the
+            default) keeps every dtype.
     """
-    return _move(obj, resolve(device), non_blocking, frozenset(skip_keys), detach=False)
+    if float_dtype is not None and not (isinstance(float_dtype, torch.dtype) and float_dtype.is_floating_point):
+        raise ValueError(
+            f"float_dtype must be a floating-point torch.dtype such as torch.float32; got {float_dtype!r}."
+        )
+    return _move(obj, resolve(device), non_blocking, frozenset(skip_keys), detach=False, float_dtype=float_dtype)
 
 
 def to_cpu(obj: T) -> T:
@@ -360,29 +520,45 @@ def pin(obj: T) -> T:
 
 def named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(path, tensor)`` for every tensor in ``obj``: module parameters and buffers by their dotted
-    names, mapping values as ``[key]``, sequence items as ``[i]``, dataclass and namedtuple fields as ``.name``.
+    names, mapping values as ``[key]``, sequence items as ``[i]``, dataclass and namedtuple fields and
+    object attributes (``__dict__`` and ``__slots__``, e.g. a transformers cache) as ``.name``.
     """
+    for path, x in _named_leaves(obj, prefix, set()):
+        if isinstance(x, torch.Tensor):
+            yield path, x
+        elif isinstance(x, nn.Module):
+            dot = f"{path}." if path else ""
+            for name, t in x.named_parameters():
+                yield dot + name, t
+            for name, t in x.named_buffers():
+                yield dot + name, t
+
+
+def _named_leaves(obj: Any, prefix: str, seen: set[int]) -> Iterator[tuple[str, Any]]:
+    """``(path, leaf)`` for every tensor, module, numeric NumPy value and object with its own ``.to`` in
+    ``obj``. ``seen`` holds the ids of the objects walked so far, so a cycle through an object ends."""
     kind = _kind(obj)
-    if kind == _TENSOR:
-        yield prefix, obj
-    elif kind == _MODULE:
-        dot = f"{prefix}." if prefix else ""
-        for name, t in obj.named_parameters():
-            yield dot + name, t
-        for name, t in obj.named_buffers():
-            yield dot + name, t
-    elif kind == _MAPPING or (kind == _HAS_TO and isinstance(obj, Mapping)):
+    if kind in _LEAVES and not (kind == _HAS_TO and isinstance(obj, Mapping)):
+        if kind not in (_ARRAY, _NPSCALAR) or obj.dtype.kind in _NUMERIC_KINDS:
+            yield prefix, obj
+    elif kind in (_MAPPING, _HAS_TO):
         for k, v in obj.items():
-            yield from named_tensors(v, f"{prefix}[{k!r}]")
+            yield from _named_leaves(v, f"{prefix}[{k!r}]", seen)
     elif kind in (_SEQUENCE, _SET):
         for i, v in enumerate(obj):
-            yield from named_tensors(v, f"{prefix}[{i}]")
+            yield from _named_leaves(v, f"{prefix}[{i}]", seen)
     elif kind == _NAMEDTUPLE:
         for f, v in zip(obj._fields, obj, strict=True):
-            yield from named_tensors(v, f"{prefix}.{f}")
+            yield from _named_leaves(v, f"{prefix}.{f}", seen)
     elif kind == _DATACLASS:
         for f in dataclasses.fields(obj):
-            yield from named_tensors(getattr(obj, f.name, None), f"{prefix}.{f.name}")
+            yield from _named_leaves(getattr(obj, f.name, None), f"{prefix}.{f.name}", seen)
+    elif kind == _OBJECT and id(obj) not in seen:
+        seen.add(id(obj))
+        state = list(vars(obj).items()) if type(obj).__dictoffset__ else []
+        state += [(s, getattr(obj, s)) for s in _slot_names(type(obj)) if hasattr(obj, s)]
+        for name, v in state:
+            yield from _named_leaves(v, f"{prefix}.{name}", seen)
 
 
 def device_of(obj: Any) -> torch.device | None:
