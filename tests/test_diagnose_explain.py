@@ -119,6 +119,15 @@ def test_live_meta_error_is_explained_at_the_line_that_raised() -> None:
     assert re.search(r"At: tests/test_diagnose_explain.py:\d+", text)
 
 
+def test_a_live_meta_model_moved_with_to_is_told_to_use_to_empty() -> None:
+    model = nn.Linear(2, 2, device="meta")  # as accelerate's init_empty_weights builds it: shapes, no values
+    with pytest.raises(NotImplementedError) as caught:
+        model.to("cpu")
+    text = explain(caught.value)
+    assert "Culprit: a tensor is on meta." in text
+    assert "Fix: allocate instead of copying, then fill the weights: `model.to_empty(device=device)`" in text
+
+
 def test_explain_names_the_users_tensors_when_given_the_model() -> None:
     case = bm.plain_attribute_mask()
     with pytest.raises(RuntimeError, match="Tensor on device meta is not on the expected device cpu!") as caught:
@@ -221,6 +230,11 @@ LIVE_CUDA_ERRORS = {
     "conv": lambda: nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8, device="cuda")),
     "index": lambda: torch.randn(5)[torch.tensor([1], device="cuda")],
     "embedding": lambda: nn.Embedding(10, 3).cuda()(torch.tensor([1, 2])),
+    "where": lambda: torch.where(
+        torch.ones(3, dtype=torch.bool, device="cuda"), torch.ones(3, device="cuda"), torch.ones(3)
+    ),
+    "generator": lambda: torch.randperm(5, device="cuda", generator=torch.Generator()),
+    "cat": lambda: torch.cat([torch.ones(2, device="cuda"), torch.ones(2)]),
 }
 
 

@@ -99,7 +99,7 @@ def _explain_placement(info: DeviceErrorInfo, location: str | None, model: nn.Mo
     if info.op:
         lines.append(f"Operation: {_operation(info.op, info.overload)}")
     if info.argument or info.culprit_device:
-        what = f"`{info.argument}`" if info.argument else "one of its tensors"
+        what = f"`{info.argument}`" if info.argument else "one of its tensors" if info.op else "a tensor"
         culprit = f"{what} ({role.term})" if role else what
         facts = [f"{culprit} is on {info.culprit_device}" if info.culprit_device else culprit]
         if info.expected_device:

@@ -310,6 +310,11 @@ PATTERNS: list[tuple[re.Pattern[str], _Builder]] = [
         re.compile(rf"Expected all tensors to be on the same device\. Found: (?P<d1>{_DEV}), (?P<d2>{_DEV})"),
         _two_devices,
     ),
+    # torch.cat in PyTorch 1.6-1.8.
+    (
+        re.compile(rf"All input tensors must be on the same device\. Received (?P<d1>{_DEV}) and (?P<d2>{_DEV})"),
+        _two_devices,
+    ),
     (
         re.compile(
             rf"Unhandled FakeTensor Device Propagation for (?P<op>[\w.]+), found two different devices "
@@ -367,7 +372,7 @@ PATTERNS: list[tuple[re.Pattern[str], _Builder]] = [
     (
         re.compile(
             r"Input and (?P<what>parameter|hidden) tensors are not at the same device, found input tensor at "
-            rf"(?P<d1>{_DEV}) and (?:parameter|hidden) tensor at (?P<d2>{_DEV})"
+            rf"(?P<d1>{_DEVI}) and (?:parameter|hidden) tensor at (?P<d2>{_DEVI})"
         ),
         _rnn,
     ),
@@ -449,7 +454,7 @@ PATTERNS: list[tuple[re.Pattern[str], _Builder]] = [
         ),
     ),
     (
-        re.compile(rf"can't convert (?P<d>{_DEV}) device type tensor to numpy"),
+        re.compile(rf"can't convert (?:(?P<d>{_DEV}) device type|CUDA) tensor to numpy"),
         _fixed(
             "numpy",
             "NumPy only reads host memory; the tensor is on the accelerator",
