@@ -100,6 +100,14 @@ def _legacy_object(m: re.Match[str], said: str) -> DtypeErrorInfo | None:
     return DtypeErrorInfo("legacy-type", said, None, m["arg"], dtype_named(t_got), None, dtype_named(t_exp))
 
 
+def _indices(m: re.Match[str], said: str) -> DtypeErrorInfo:
+    # "torch.cuda.FloatTensor", "torch.IntTensor", "CUDAIntTensor": the dtype is the word before "Tensor".
+    got = re.fullmatch(r"(?:torch\.(?:cuda\.)?|CUDA|CPU)?(?P<dtype>\w+?)Tensor", m["got"])
+    expected = dtype_named((m["exp"] or "").split(",")[0])
+    found = dtype_named(got["dtype"]) if got else None
+    return DtypeErrorInfo("indices-dtype", said, m["method"], m["arg"], found, None, expected)
+
+
 _TYPE = r"(?:struct )?[\w:]+"
 # TensorIterator's "Found dtype X but expected Y" is, in practice, met in a loss's backward (pytorch/pytorch#36553).
 _LOSS = "a tensor of the loss (most often its targets, met in another dtype by backward)"
@@ -116,6 +124,13 @@ PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], DtypeErrorI
         _pair("mat1-mat2", "addmm", "mat1", "mat2"),
     ),
     (CONV_TYPES, _conv),
+    (
+        re.compile(
+            r"Expected tensor for argument #\d+ '(?P<arg>\w+)' to have (?:one of the following )?scalar types?:? "
+            r"(?P<exp>[\w, ]+); but got (?P<got>[\w.]+) instead \(while checking arguments for (?P<method>\w+)\)"
+        ),
+        _indices,
+    ),
     (
         re.compile(
             r"Expected object of scalar type (?P<exp>\w+) but got scalar type (?P<got>\w+) for (?:argument #\d+ "
@@ -192,6 +207,18 @@ def dtype_cause(
             "(PyTorch expects the others in its dtype), typically one made from a NumPy array",
             f"find the float64 tensor (`tt.explain(e, model, inputs)` names it) and convert it where it is made: "
             f"`{convert}`, or `tt.to_device(batch, device, float_dtype=torch.float32)`.",
+        )
+    if expected is not None and not expected.is_floating_point and found is not None and found != expected:
+        made = (
+            "ids built as floats (a NumPy float array, `torch.tensor` of Python floats, or a whole batch converted "
+            "with `.float()`/`.half()`)"
+            if found.is_floating_point
+            else f"this PyTorch release takes only {_short(expected)} indices here"
+        )
+        return (
+            f"{what} is {_short(found)} where the operation needs {_short(expected)} indices: {made}",
+            "convert them where they are made: `ids = ids.long()` (or `torch.as_tensor(arr, dtype=torch.long)`); "
+            "convert only the float features of a batch, never its indices.",
         )
     if found is not None and not found.is_floating_point and expected is not None and expected.is_floating_point:
         return (

@@ -144,7 +144,7 @@ def _explain_dtype(info: DtypeErrorInfo, location: str | None, model: nn.Module 
         found = odd  # the message named no dtype, the user's tensors did
     lines = [
         f"PyTorch said: {info.said}",
-        "This is a dtype mismatch, not a device one: tensors of one operation are in different dtypes.",
+        "This is a dtype mismatch, not a device one: a tensor is not in the dtype the operation needs.",
     ]
     if info.op:
         lines.append(f"Operation: {_operation(info.op, None)}")
