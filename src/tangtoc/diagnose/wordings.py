@@ -98,7 +98,7 @@ def _odd_one_out(said: str, wording: str, d1: str, d2: str) -> DeviceErrorInfo:
 
 
 def legacy_type(text: str) -> tuple[str | None, str]:
-    """(device, dtype) of a type name in a conv message: ``torch.cuda.FloatTensor``, ``CPUFloatType``, ``c10::Half``.
+    """(device, dtype) of a type name in a message: ``torch.cuda.FloatTensor``, ``CPUFloatType``, ``c10::Half``.
 
     The device is ``None`` where the name gives only the dtype (``double``, ``c10::Half``).
     """
