@@ -20,9 +20,10 @@ they stay lists (:func:`as_tensor` makes one tensor of them).
 object of the same type is made with ``type(obj).__new__`` (no ``__init__``, no ``__copy__``) and given the
 moved attributes; ``torch.device`` attributes become the target (a cache layer's ``device`` must agree with
 its tensors) and, with ``float_dtype``, floating ``torch.dtype`` attributes become it. The caller's object is
-left as it was, and an object reached twice (a cycle) is copied once. An object holding nothing to move is
-returned as is. Where such a copy would be wrong, :func:`to_device` refuses with a ``TypeError`` that names
-the tensors it would leave behind, never silently:
+left as it was; inside one object, an object reached twice (shared, or a cycle) is copied once. An object
+holding nothing to move is returned as is, shared with the caller like a tensor already on the device.
+Where such a copy would be wrong, :func:`to_device` refuses with a ``TypeError`` that names the tensors it
+would leave behind, never silently:
 
 * the object holds a module or a model's ``nn.Parameter`` (an optimizer, a trainer): a moved copy would no
   longer share them with the model;
@@ -106,9 +107,10 @@ def _classify(tp: type) -> int:
     return _ATOM
 
 
-def _slot_names(tp: type) -> list[str]:
+@functools.cache
+def _slot_names(tp: type) -> tuple[str, ...]:
     """The instance attributes declared in ``__slots__`` anywhere in ``tp``'s MRO, with private names mangled."""
-    names = []
+    names: list[str] = []
     for cls in tp.__mro__:
         slots = cls.__dict__.get("__slots__", ())
         for name in [slots] if isinstance(slots, str) else slots:
@@ -117,7 +119,7 @@ def _slot_names(tp: type) -> list[str]:
             if name.startswith("__") and not name.endswith("__"):
                 name = f"_{cls.__name__.lstrip('_')}{name}"
             names.append(name)
-    return names
+    return tuple(names)
 
 
 def _kind(obj: object) -> int:
@@ -174,30 +176,36 @@ def _rebuild_object(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozen
     memo: dict[int, Any] | None = getattr(_walk, "memo", None)
     if memo is not None and id(obj) in memo:
         return memo[id(obj)]
-    held = list(_named_leaves(obj, "", set()))
-    if not held:
-        return obj
+    outer = memo is None
     tp = type(obj)
     name = tp.__qualname__
-    owned = [path for path, x in held if isinstance(x, (nn.Module, nn.Parameter))]
-    if owned:
-        raise TypeError(
-            f"cannot move a {name}: it holds a model's modules or parameters ({_some(owned)}), and a moved "
-            "copy would no longer share them with the model. Move the model with `model.to(device)` and create or "
-            "load this object after the move (an optimizer: `optimizer.load_state_dict(...)` moves its state)."
-        )
+    if outer:
+        # One scan of the whole subtree: the objects inside need not look for modules again.
+        held = list(_named_leaves(obj, "", set()))
+        if not held:
+            return obj
+        # issubclass, not isinstance: nn.Parameter's metaclass makes isinstance slow, once per tensor held.
+        owned = [path for path, x in held if issubclass(type(x), (nn.Module, nn.Parameter))]
+        if owned:
+            raise TypeError(
+                f"cannot move a {name}: it holds a model's modules or parameters ({_some(owned)}), and a moved "
+                "copy would no longer share them with the model. Move the model with `model.to(device)` and create "
+                "or load this object after the move (an optimizer: `optimizer.load_state_dict(...)` moves its state)."
+            )
+    elif next(_named_leaves(obj, "", set()), None) is None:  # the first leaf is enough to know
+        return obj
     if _slot_names(tp):
         raise TypeError(
             f"cannot move a {name}: it keeps attributes in __slots__, which tangtoc does not copy, and holds "
-            f"tensors that would be left behind ({_some([path for path, _ in held])}). Give {name} a "
-            "`.to(device)` method that returns the moved object, or make it a dataclass."
+            f"tensors that would be left behind ({_paths(obj)}). Give {name} a `.to(device)` method that returns "
+            "the moved object, or make it a dataclass."
         )
     try:
         new = tp.__new__(tp)
     except TypeError as e:
         raise TypeError(
-            f"cannot move a {name} holding tensors ({_some([path for path, _ in held])}): "
-            f"{name}.__new__ needs arguments ({e}), so no copy can be made. Give {name} a `.to(device)` method."
+            f"cannot move a {name} holding tensors ({_paths(obj)}): {name}.__new__ needs arguments ({e}), so no "
+            f"copy can be made. Give {name} a `.to(device)` method."
         ) from e
     outer = memo is None
     if outer:
@@ -213,6 +221,10 @@ def _rebuild_object(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozen
             _walk.memo = None
     new.__dict__.update(state)
     return new
+
+
+def _paths(obj: Any) -> str:
+    return _some([path for path, _ in _named_leaves(obj, "", set())])
 
 
 def _some(paths: list[str], n: int = 3) -> str:
