@@ -156,6 +156,14 @@ def test_object_whose_new_needs_arguments_is_refused() -> None:
         tt.to_device(NeedsArgs(torch.ones(1)), "meta")
 
 
+def test_a_refused_walk_leaves_no_state_for_the_next_call() -> None:
+    with pytest.raises(TypeError, match=r"NeedsArgs\.__new__ needs arguments"):
+        tt.to_device(types.SimpleNamespace(inner=NeedsArgs(torch.ones(1))), "meta")
+    # A fresh walk: the outer namespace is checked for modules again, not taken for an inner object.
+    with pytest.raises(TypeError, match=r"cannot move a SimpleNamespace: it holds a model's modules"):
+        tt.to_device(types.SimpleNamespace(model=nn.Linear(1, 1)), "meta")
+
+
 def _f(x: torch.Tensor) -> torch.Tensor:
     return x
 
