@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -23,7 +24,7 @@ CLASSES = 3
 
 @dataclass
 class Case:
-    """A setup with one device bug.
+    """A setup with one device (or dtype) bug.
 
     ``run`` performs the training step where the bug bites. ``culprit`` is the name (dotted path, input
     name, or creating function) that both the guard's error and check_devices' finding must contain;
@@ -100,6 +101,34 @@ class TokenClassifier(nn.Module):
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(token_ids).mean(1))
+
+
+class ShiftedTokenClassifier(TokenClassifier):
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(token_ids[:, 1:])  # the embedding gets a slice: a new tensor, not the input itself
+
+
+class StandardizedClassifier(Classifier):
+    """Standardizes its input with statistics computed in NumPy (e.g. by scikit-learn), kept as arrays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean, self.std = np.zeros(8), np.ones(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)  # BUG: float64 statistics promote x
+        return super().forward(x)
+
+
+class WeightedClassifier(Classifier):
+    """Weighs its features by importances computed in NumPy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.importance = np.ones(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * torch.tensor(self.importance))  # BUG: torch.tensor keeps NumPy's float64
 
 
 class ConvNet(nn.Module):
@@ -273,6 +302,35 @@ def embedding_fed_cpu_ids() -> Case:
     )
 
 
+def sliced_cpu_ids() -> Case:
+    model = ShiftedTokenClassifier().to(ACCEL)
+    ids = torch.randint(0, 50, (2, 7))  # BUG: token ids left on the CPU, sliced before the embedding
+    return Case(
+        "sliced_cpu_ids",
+        model,
+        {"token_ids": ids},
+        lambda: model(ids),
+        "token_ids",
+        r"`embed` \(Embedding\) got `input` on cpu, but its parameters are on meta(.|\n)*"
+        r"probably computed from input `token_ids` of `model`",
+        "input",
+    )
+
+
+def embedding_bag_cpu_offsets() -> Case:
+    model = nn.EmbeddingBag(50, 8, mode="mean").to(ACCEL)
+    ids, offsets = torch.randint(0, 50, (6,), device=ACCEL), torch.tensor([0, 4])  # BUG: offsets left on the CPU
+    return Case(
+        "embedding_bag_cpu_offsets",
+        model,
+        {"input": ids, "offsets": offsets},
+        lambda: model(ids, offsets),
+        "offsets",
+        r"`model` \(EmbeddingBag\) got `offsets` on cpu, but its parameters are on meta",
+        "input",
+    )
+
+
 def conv_fed_cpu_image() -> Case:
     model = ConvNet().to(ACCEL)
     images = torch.randn(2, 3, 8, 8)  # BUG: the image batch was not moved
@@ -326,10 +384,80 @@ CASES: dict[str, Callable[[], Case]] = {
         optimizer_loaded_before_move,
         optimizer_created_before_replacing_move,
         embedding_fed_cpu_ids,
+        sliced_cpu_ids,
+        embedding_bag_cpu_offsets,
         conv_fed_cpu_image,
         one_element_cpu_tensor,
         layer_added_after_move,
     )
+}
+
+
+# Dtype bugs: PyTorch refuses them on the CPU as on CUDA, so these run on the CPU (on meta, linear and matmul accept
+# two dtypes silently). The guard names the culprit only once PyTorch has refused the call.
+def numpy_float64_batch() -> Case:
+    model = Classifier()
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 8)))  # BUG: float64, NumPy's default
+    return Case(
+        "numpy_float64_batch",
+        model,
+        x,
+        _forward(model, x),
+        "input `x` of `model`",
+        r"linear got tensors in float64 and float32 inside the forward of `body.0` \(Linear\); PyTorch refused: "
+        r"mat1 and mat2 must have the same dtype(.|\n)*`input`: shape \(4, 8\), float64, on cpu; input `x` of `model`",
+        None,
+    )
+
+
+def numpy_statistics_in_forward() -> Case:
+    model, x = StandardizedClassifier(), features(torch.device("cpu"))
+    return Case(
+        "numpy_statistics_in_forward",
+        model,
+        x,
+        _forward(model, x),
+        "StandardizedClassifier",
+        r"linear got tensors in float64 and float32 inside the forward of `body.0`(.|\n)*`input`: shape \(4, 8\), "
+        r"float64, on cpu; input `input` of `body`, made float64 in the forward of `model` \(StandardizedClassifier\), "
+        r"whose own inputs are not float64",
+        None,
+    )
+
+
+def numpy_weights_in_forward() -> Case:
+    model, x = WeightedClassifier(), features(torch.device("cpu"))
+    return Case(
+        "numpy_weights_in_forward",
+        model,
+        x,
+        _forward(model, x),
+        "torch.tensor",
+        r"`input`: shape \(4, 8\), float64, on cpu; input `input` of `body`, probably computed from a tensor created "
+        r"by torch.tensor at .*buggy_models.py:\d+ in the forward of `model`(.|\n)*Most likely cause: a tensor created "
+        r"by torch.tensor",
+        None,
+    )
+
+
+def numpy_float64_image() -> Case:
+    model = ConvNet()
+    images = torch.from_numpy(np.random.default_rng(0).random((2, 3, 8, 8)))  # BUG: float64 pixels
+    return Case(
+        "numpy_float64_image",
+        model,
+        images,
+        _forward(model, images),
+        "input `images` of `model`",
+        r"conv2d got tensors in float64 and float32 inside the forward of `conv` \(Conv2d\); PyTorch refused: "
+        r"Input type \(double\) and bias type \(float\) should be the same",
+        None,
+    )
+
+
+DTYPE_CASES: dict[str, Callable[[], Case]] = {
+    f.__name__: f
+    for f in (numpy_float64_batch, numpy_statistics_in_forward, numpy_weights_in_forward, numpy_float64_image)
 }
 
 

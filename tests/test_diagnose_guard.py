@@ -1,4 +1,5 @@
-"""device_guard: every buggy model in tests/buggy_models.py is stopped before the kernel, with the culprit named."""
+"""device_guard: every buggy model in tests/buggy_models.py is stopped with the culprit named (a device mix before
+the kernel runs, a dtype mix once PyTorch refuses it), and code that plain PyTorch runs is never refused."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import buggy_models as bm
 from tangtoc.diagnose import DeviceMismatchError, device_guard
+from tangtoc.diagnose.guard import DtypeMismatchError, OffDeviceInput
 
 BUGGY_SOURCE = Path(bm.__file__).read_text().splitlines()
 
@@ -220,3 +222,165 @@ def test_on_cuda_the_guard_speaks_before_pytorch() -> None:
     match = "got `token_ids` on cpu, but its parameters are on cuda:0"
     with pytest.raises(DeviceMismatchError, match=match), device_guard(model):
         model(torch.randint(0, 50, (2, 7)))
+
+
+# ------------------------------------------------------------------ no false positives (issue 11, item 7)
+
+
+class MovesItsLabels(nn.Module):
+    """Like a Hugging Face model: takes `labels` wherever they are and moves them to the logits' device itself."""
+
+    def __init__(self, move: bool = True) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, bm.CLASSES)
+        self.move = move
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.head(x)
+        return F.cross_entropy(logits, labels.to(logits.device) if self.move else labels)
+
+
+def test_an_input_the_module_moves_itself_is_recorded_not_refused() -> None:
+    model = MovesItsLabels().to(bm.ACCEL)
+    guard = device_guard(model)
+    with guard:
+        for _ in range(2):
+            assert model(bm.features(), labels=bm.labels(torch.device("cpu"))).device == bm.ACCEL
+    assert guard.off_device_inputs == (OffDeviceInput("model", "labels", "cpu", "meta", calls=2),)
+
+
+def test_when_an_operation_does_mix_that_input_the_error_names_it() -> None:
+    model = MovesItsLabels(move=False).to(bm.ACCEL)
+    with (
+        pytest.raises(
+            DeviceMismatchError,
+            match=r"`model` \(MovesItsLabels\) got `labels` on cpu, but its parameters "
+            r"are on meta(.|\n)*called at tests/test_diagnose_guard.py:\d+: model\(bm.features\(\), labels=",
+        ) as caught,
+        device_guard(model),
+    ):
+        model(bm.features(), labels=bm.labels(torch.device("cpu")))
+    assert caught.value.culprits == ("labels",)
+
+
+class PackedEncoder(nn.Module):
+    """The usual RNN-over-padded-batch module: `lengths` must be a CPU tensor (pack_padded_sequence refuses others)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 3, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return h[-1]  # (B, hidden): the state after each sequence's last real step
+
+
+def test_rnn_lengths_on_the_cpu_are_legal_inside_the_guard() -> None:
+    model = PackedEncoder().to(bm.ACCEL)
+    guard = device_guard(model)
+    x = torch.randn(3, 5, 4, device=bm.ACCEL)
+    with guard:
+        assert model(x, torch.tensor([2, 5, 3])).shape == (3, 3)
+        # Sorted lengths, so that unpacking needs no host copy of meta indices (pad_packed_sequence calls .cpu()).
+        packed, _ = model.lstm(pack_padded_sequence(x, torch.tensor([5, 3, 2]), batch_first=True))
+        padded, lengths = pad_packed_sequence(packed, batch_first=True)
+    assert (padded.device, lengths.device) == (bm.ACCEL, torch.device("cpu"))
+    assert guard.off_device_inputs == (OffDeviceInput("model", "lengths", "cpu", "meta", calls=1),)
+
+
+class Concatenates(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = nn.Parameter(torch.zeros(1, 8))
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.prefix, rows])
+
+
+def test_a_device_error_pytorch_raises_in_an_allowed_function_still_names_the_input() -> None:
+    model = Concatenates().to(bm.ACCEL)
+    with (
+        pytest.raises(DeviceMismatchError, match=r"`model` \(Concatenates\) got `rows` on cpu") as caught,
+        device_guard(model, allow=[torch.cat]),  # the operation layer looks away; PyTorch's meta cat refuses
+    ):
+        model(torch.randn(3, 8))
+    assert str(caught.value.__cause__) == "Tensor on device cpu is not on the expected device meta!"
+
+
+def test_nested_guards_name_a_dtype_error_once() -> None:
+    case = bm.numpy_float64_batch()
+    with (
+        pytest.raises(DtypeMismatchError, match=r"^linear got tensors in float64") as caught,
+        device_guard(case.model),
+        device_guard(case.model.head),
+    ):
+        case.run()
+    assert type(caught.value.__cause__) is RuntimeError
+
+
+def test_a_0d_cpu_buffer_is_a_scalar_not_a_spread() -> None:
+    layer = nn.Linear(4, 2).to(bm.ACCEL)
+    layer.register_buffer("temperature", torch.tensor(2.0))  # registered after the move: stays a CPU scalar
+    with device_guard(layer):
+        assert (layer(torch.randn(3, 4, device=bm.ACCEL)) / layer.temperature).device == bm.ACCEL
+
+
+def test_slice_assignment_copies_from_any_device_but_index_put_does_not() -> None:
+    out = torch.zeros(4, 3, device=bm.ACCEL)
+    with device_guard(nn.Linear(3, 3).to(bm.ACCEL)):
+        out[0] = torch.ones(3)  # out[0].copy_(...): legal from the CPU
+        out[1:3, :2] = torch.ones(2, 2)
+        with pytest.raises(DeviceMismatchError, match=r"Tensor.__setitem__ got tensors on cpu and meta"):
+            out[torch.tensor([0, 1], device=bm.ACCEL)] = torch.ones(2, 3)  # index_put_: values must be on meta
+
+
+# ------------------------------------------------------------------------- dtypes (issue 17, trap 2)
+
+
+@pytest.mark.parametrize("name", list(bm.DTYPE_CASES))
+def test_a_float64_culprit_is_named_with_its_origin_and_the_fix(name: str) -> None:
+    case = bm.DTYPE_CASES[name]()
+    with pytest.raises(DtypeMismatchError, match=case.guard_match) as caught, device_guard(case.model):
+        case.run()
+    message = str(caught.value)
+    assert case.culprit in message
+    assert "tt.to_device(batch, device, float_dtype=torch.float32)" in message
+    assert "`tt.as_tensor(arr, device, dtype=torch.float32)`" in message
+    assert (caught.value.found, caught.value.expected) == ("float64", "float32")
+    assert isinstance(caught.value.__cause__, RuntimeError)  # PyTorch's own error, kept
+
+
+def test_the_dtype_error_is_a_runtime_error_with_the_culprits_argument() -> None:
+    case = bm.numpy_float64_batch()
+    with (
+        pytest.raises(RuntimeError, match="mat1 and mat2 must have the same dtype") as caught,
+        device_guard(case.model),
+    ):
+        case.run()
+    assert caught.value.culprits == ("input",)
+    assert caught.value.module == "body.0"
+
+
+def test_a_half_model_fed_float32_is_told_to_convert_or_autocast() -> None:
+    model, x = bm.Classifier().to(torch.bfloat16), bm.features(torch.device("cpu"))
+    with (
+        pytest.raises(
+            DtypeMismatchError,
+            match=r"`input`: shape \(4, 8\), float32, on cpu; input `x` of `model`"
+            r"(.|\n)*Fix: run the forward pass under `torch.autocast",
+        ) as caught,
+        device_guard(model),
+    ):
+        model(x)
+    assert (caught.value.found, caught.value.expected) == ("float32", "bfloat16")
+
+
+def test_legal_dtype_mixes_and_other_errors_pass_through() -> None:
+    model = bm.Classifier()
+    x = bm.features(torch.device("cpu"))
+    with device_guard(model):
+        assert (x + x.double()).dtype == torch.float64  # type promotion: legal, so the guard stays silent
+        with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied") as caught:
+            model(torch.randn(4, 5))
+    assert type(caught.value) is RuntimeError  # not a dtype error: PyTorch's own, untouched

@@ -1,22 +1,27 @@
-"""``device_guard``: catch a device mismatch before the kernel runs, and name the module, the tensor and the fix.
+"""``device_guard``: name the module, the tensor and the fix when a step mixes devices or dtypes.
 
-Two layers, both installed only while the guard is active and removed on every exit path:
+Three parts, installed only while the guard is active and removed on every exit path:
 
 * **module boundaries** — a forward pre-hook on every submodule compares the module's inputs (named by
-  the parameters of its ``forward``) with the module's own parameters and buffers, so the error says
-  *which module* got *which input* on *which device*;
+  the parameters of its ``forward``) with the module's own parameters and buffers. It only *observes*: plain
+  PyTorch runs a module whose input is elsewhere when the module handles it (a Hugging Face model moves
+  ``labels`` to the logits' device; ``pack_padded_sequence`` needs its ``lengths`` on the CPU), so such an input
+  is recorded (:attr:`DeviceGuard.off_device_inputs`), not refused. If an operation then does mix it, the error
+  is the module's: "`model` (TokenClassifier) got `token_ids` on cpu, but its parameters are on cuda:0".
 * **operations** — a :class:`~torch.overrides.TorchFunctionMode` checks the tensors of every torch call
-  before it runs. It catches what no module boundary shows: a tensor created inside ``forward`` without
-  ``device=`` (named by the line and the module whose forward created it), a plain tensor attribute, a loss
-  function's class weights. On ``meta`` several kernels (matmul, linear, embedding, conv) accept CPU
-  operands without an error, so waiting for PyTorch's own error would miss them.
+  before it runs; only a call that actually mixes devices is an error. It catches what no module boundary
+  shows: a tensor created inside ``forward`` without ``device=`` (named by the line and the module whose
+  forward created it), a plain tensor attribute, a loss function's class weights. On ``meta`` several kernels
+  (matmul, linear, embedding, conv) accept CPU operands without an error, so waiting for PyTorch's own error
+  would miss them. What PyTorch accepts is let through: 0-d CPU tensors (scalars), CPU indices, CPU lengths
+  of packed sequences and CTC, and slice assignment (a copy) from any device.
+* **dtypes** — when PyTorch refuses two dtypes in one call ("mat1 and mat2 must have the same dtype"), the
+  float64 tensor NumPy handed out is named with where it came from (:mod:`tangtoc.diagnose.guard_dtype`).
 
 The operation layer is a TorchFunctionMode rather than a TorchDispatchMode: it sees the call the user
 wrote (``F.embedding(ids, weight)``, whose argument names are user terms) instead of the aten ops it
 decomposes into, and it is the cheaper of the two (benchmarks/guard_overhead.py times both, empty, next to
 the guard).
-
-A 0-d CPU tensor is a scalar and legal next to any device; a 1-element tensor that is not 0-d is not.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from tangtoc.diagnose.calls import (
     two_devices,
 )
 from tangtoc.diagnose.frames import Location, user_location
+from tangtoc.diagnose.guard_dtype import Origin, dtype_mismatch
 from tangtoc.diagnose.mismatch import (
     describe_tensor,
     is_cpu_scalar,
@@ -56,18 +62,18 @@ from tangtoc.diagnose.mismatch import (
     preferred_device,
 )
 from tangtoc.diagnose.roles import Role, likely_cause, role_of
+from tangtoc.diagnose.wordings import parse_device_error
 from tangtoc.errors import TangtocError
 
 Tensor = torch.Tensor
 
 
-class DeviceMismatchError(TangtocError, RuntimeError):
-    """Tensors on different devices met in a module call or an operation.
+class GuardError(TangtocError, RuntimeError):
+    """What :func:`device_guard` raises. A ``RuntimeError``, like the PyTorch errors it replaces, so existing
+    ``except RuntimeError`` code keeps working.
 
-    A ``RuntimeError``, like PyTorch's own device errors, so existing ``except RuntimeError`` code keeps
-    working. ``module`` is the dotted path of the module involved (``None`` outside any guarded module),
-    ``culprits`` the names of the tensors on the wrong device, ``found`` their device and ``expected`` the
-    device they should be on.
+    ``module`` is the dotted path of the module involved (``None`` outside any guarded module), ``culprits`` the
+    names of the odd tensors, ``found`` their device (or dtype) and ``expected`` the one they should have.
     """
 
     def __init__(
@@ -80,9 +86,19 @@ class DeviceMismatchError(TangtocError, RuntimeError):
         self.expected = expected
 
 
+class DeviceMismatchError(GuardError):
+    """Tensors on different devices met in a module call or an operation; raised before the kernel runs."""
+
+
+class DtypeMismatchError(GuardError):
+    """PyTorch refused tensors of two dtypes in one operation; raised from its error (kept as ``__cause__``)."""
+
+
 # Creation functions: their tensor arguments are data to copy, and the guard records who made each result, where.
 _FACTORIES: frozenset[Any] = frozenset(CREATION_FUNCTIONS)
 _UNCHECKED = MOVES | _FACTORIES  # calls whose tensors may legitimately sit on several devices
+# Packing keeps `lengths` and `batch_sizes` on the CPU by design (pack_padded_sequence refuses them elsewhere).
+_CPU_LENGTHS = CPU_LENGTHS | {torch._VF._pack_padded_sequence, torch._VF._pad_packed_sequence}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +111,42 @@ class _Birth:
     explicit_device: bool
 
 
+@dataclass(frozen=True, slots=True)
+class OffDeviceInput:
+    """An input a guarded module received on another device than its own parameters and buffers.
+
+    Legal in plain PyTorch, and common: a Hugging Face model moves ``labels`` to the logits' device itself; a
+    module that packs sequences needs its ``lengths`` on the CPU. So the guard records it (``calls``: how many
+    module calls saw it) instead of refusing it; only an operation that then mixes devices is an error, and that
+    error names the input.
+    """
+
+    module: str
+    input: str
+    found: str
+    expected: str
+    calls: int
+
+
 @dataclass(slots=True)
 class _Frame:
-    """A module whose forward is running, with the inputs it was called with."""
+    """A module whose forward is running, with the inputs it was called with.
+
+    When the module's own tensors or inputs are not all on one device, ``home`` is the device they should share,
+    ``spread`` its own tensors elsewhere, ``suspects`` its inputs elsewhere, and ``where`` the user's line that
+    called it: nothing is wrong yet, but if an operation mixes one of them, the error is about this module.
+    """
 
     module: nn.Module
     path: str
     args: tuple
     kwargs: dict
+    home: torch.device | None = None
+    own: tuple[tuple[str, Tensor], ...] = ()
+    spread: tuple[tuple[str, Tensor], ...] = ()
+    suspects: tuple[tuple[str, Tensor], ...] = ()
+    where: Location | None = None
+    made: dict[torch.dtype, _Birth] | None = None  # the last floating tensor this forward created, per dtype
 
 
 class _OpMode(TorchFunctionMode):
@@ -120,7 +164,11 @@ class _OpMode(TorchFunctionMode):
         # a mode's handler tests membership in a set held by the mode (torch 2.13).
         if several and func not in _UNCHECKED and two_devices(args, kwargs):
             _check_call(self.guard, func, args, kwargs)
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except RuntimeError as error:
+            _name_failure(self.guard, func, args, kwargs, error)
+            raise
         if func in _FACTORIES and isinstance(out, Tensor):
             explicit = "device" in kwargs and kwargs["device"] is not None
             _note_birth(self.guard, out, func, explicit)
@@ -148,6 +196,7 @@ class DeviceGuard(contextlib.ContextDecorator):
         self._mode: _OpMode | None = None
         self._local = threading.local()
         self._births: dict[int, tuple[weakref.ref[Tensor], _Birth]] = {}
+        self._off: Counter[tuple[str, str, str, str]] = Counter()  # (module, input, found, expected) -> calls
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -205,14 +254,20 @@ class DeviceGuard(contextlib.ContextDecorator):
         return stack
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        path = self._paths[module]
-        self._stack().append(_Frame(module, path, args, kwargs))
+        # Observes, never raises: plain PyTorch accepts a module whose inputs or own tensors span devices as long as
+        # no operation mixes them (an HF model moves `labels` itself; RNN `lengths` belong on the CPU). What it
+        # sees is kept on the frame, so that the operation layer's error, if one comes, names this module.
+        frame = _Frame(module, self._paths[module], args, kwargs)
+        self._stack().append(frame)
         own = [(n, t) for n, t in (*module._parameters.items(), *module._buffers.items()) if t is not None]
         own_devices = {t.device for _, t in own}
         if len(own_devices) > 1:
-            self._spread(module, path, own)
-        if own_devices:
-            home = next(iter(own_devices))
+            # A 0-d CPU buffer is a scalar, legal next to any device: it neither votes for home nor spreads.
+            home = preferred_device(Counter(t.device for _, t in own if not is_cpu_scalar(t))) or own[0][1].device
+            frame.home, frame.own = home, tuple(own)
+            frame.spread = tuple((n, t) for n, t in own if t.device != home and not is_cpu_scalar(t))
+        elif own_devices:
+            home = own[0][1].device
         elif module in self._roots:
             home = preferred_device(Counter(t.device for t in (*module.parameters(), *module.buffers())))
             if home is None:
@@ -222,11 +277,35 @@ class DeviceGuard(contextlib.ContextDecorator):
         for value in (*args, *kwargs.values()) if kwargs else args:
             if isinstance(value, Tensor):
                 if value.device != home and not is_cpu_scalar(value):
-                    self._input_mismatch(module, path, home, own, args, kwargs)
+                    self._suspect(frame, home, own)
+                    return
                 continue
-            for _, t in input_tensors(value, ""):
-                if t.device != home and not is_cpu_scalar(t):
-                    self._input_mismatch(module, path, home, own, args, kwargs)
+            if any(t.device != home and not is_cpu_scalar(t) for _, t in input_tensors(value, "")):
+                self._suspect(frame, home, own)
+                return
+
+    def _suspect(self, frame: _Frame, home: torch.device, own: list[tuple[str, Tensor]]) -> None:
+        """Keep the inputs of ``frame`` that are off ``home`` on the frame, and count them in the record."""
+        frame.home, frame.own, frame.where = home, tuple(own), user_location()
+        frame.suspects = tuple(
+            (name, t)
+            for arg, value in forward_args(frame.module, frame.args, frame.kwargs)
+            for name, t in input_tensors(value, arg)
+            if t.device != home and not is_cpu_scalar(t)
+        )
+        for name, t in frame.suspects:
+            self._off[(frame.path, name, str(t.device), str(home))] += 1
+
+    @property
+    def off_device_inputs(self) -> tuple[OffDeviceInput, ...]:
+        """Inputs seen on another device than their module's own tensors, since the guard was created.
+
+        A record, not a warning: plain PyTorch runs such code when the module handles the input itself, and a
+        warning on every step of working code would be noise that users learn to ignore (or, under
+        ``-W error``, a refusal). Read it when a step is slower than expected: such an input is copied inside
+        the forward, on every call.
+        """
+        return tuple(OffDeviceInput(*key, calls=n) for key, n in self._off.items())
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         stack = self._stack()
@@ -262,6 +341,10 @@ class DeviceGuard(contextlib.ContextDecorator):
                 del births[key]
 
         births[key] = (weakref.ref(t, forget), birth)
+        if stack and t.is_floating_point():  # kept after `t` dies: the source of a dtype it spreads (float64 + x)
+            frame = stack[-1]
+            frame.made = frame.made or {}
+            frame.made[t.dtype] = birth
 
     def check_call(self, func: Any, args: tuple, kwargs: dict) -> None:
         """Raise :class:`DeviceMismatchError` when the tensors of ``func(*args, **kwargs)`` are on two devices.
@@ -279,12 +362,16 @@ class DeviceGuard(contextlib.ContextDecorator):
         ]
         if func in INDEXING:  # x[idx] takes CPU indices whatever the device of x
             named = [(p, t) for p, t in named if not (p.startswith(INDEX_ARGS) and t.device.type == "cpu")]
-        elif func in CPU_LENGTHS:
+            if func is Tensor.__setitem__ and _is_basic_index(args[1]):
+                # x[0, :n] = v with ints and slices only is x[0, :n].copy_(v), which takes v from any device.
+                named = [(p, t) for p, t in named if not p.startswith("v")]
+        elif func in _CPU_LENGTHS:
             named = [(p, t) for p, t in named if t.device.type != "cpu" or t.is_floating_point()]
         devices = Counter(t.device for _, t in named)
         if len(devices) < 2:
             return
         stack = self._stack()
+        self._blame_module(stack, named)
         expected = self._home_of(stack[-1].module) if stack else None
         if expected not in devices:
             expected = preferred_device(devices)
@@ -313,6 +400,100 @@ class DeviceGuard(contextlib.ContextDecorator):
             found=found,
             expected=str(expected),
         )
+
+    def name_failure(self, func: Any, args: tuple, kwargs: dict, error: RuntimeError) -> None:
+        """Raise a :class:`GuardError` from ``error`` when it is one the guard can name; else return (the handler
+        re-raises ``error``). Called only when ``func`` raised.
+
+        A dtype refusal names the odd tensor. A device error the operation layer did not foresee (a function in
+        ``allow``, tensors nested deeper than one list) is blamed on the outermost running module that received
+        an input on another device, as the module layer did before it stopped refusing such inputs by itself.
+        """
+        if isinstance(error, GuardError):  # named already, by a guard entered inside this one (modes nest)
+            return
+        stack = self._stack()
+        if parse_device_error(error) is not None:
+            for frame in stack:
+                if frame.spread:
+                    raise self._spread_error(frame) from error
+                if frame.suspects:
+                    raise self._input_error(frame) from error
+            return
+        named = [(p, t) for arg, value in named_args(func, args, kwargs) for p, t in call_tensors(value, arg)]
+        dtypes = Counter(p.dtype for root in self._roots for p in root.parameters() if p.is_floating_point())
+        found = dtype_mismatch(
+            error,
+            func_name(func),
+            named,
+            model_dtype=dtypes.most_common(1)[0][0] if dtypes else None,
+            origin=self._origin,
+            module=(stack[-1].path, type(stack[-1].module).__name__) if stack else None,
+            where=user_location(),
+        )
+        if found is not None:
+            raise DtypeMismatchError(
+                found.message, module=found.module, culprits=found.culprits, found=found.found, expected=found.expected
+            ) from error
+
+    def _origin(self, t: Tensor) -> Origin:
+        """Who ``t`` is to the user, for a dtype error, and where its dtype came from.
+
+        A parameter, a plain attribute or a tensor created under the guard is named exactly. Otherwise the
+        outermost running module with an input in ``t``'s dtype tells the story: ``t`` is that input, or was computed
+        from it; when that module is not the outermost, its caller made the dtype (its own inputs are in others).
+        """
+        name = self._name_of(t)
+        if name:
+            return Origin(f"`{name}`", f"`{name}`", weights=True)
+        attribute = self._attribute_of(t)
+        if attribute:
+            return Origin(f"`{attribute}`, a plain tensor attribute", f"`{attribute}`")
+        birth = self._birth_of(t)
+        if birth:
+            return Origin(_birth_place(birth), f"the tensor {_birth_place(birth)}")
+        stack, dtype = self._stack(), str(t.dtype).removeprefix("torch.")
+        same = [
+            [
+                (p, x)
+                for arg, v in forward_args(f.module, f.args, f.kwargs)
+                for p, x in input_tensors(v, arg)
+                if x.dtype == t.dtype
+            ]
+            for f in stack
+        ]
+        i = next((i for i, inputs in enumerate(same) if inputs), None)
+        exact = next((p for p, x in same[i] if x is t), None) if i is not None else None
+        # torch.tensor(array) inside a forward is seen (torch.from_numpy is not: it bypasses TorchFunctionMode).
+        made = next((f.made[t.dtype] for f in stack if f.made and t.dtype in f.made), None)
+        parts = [f"input `{exact}` of `{stack[i].path}`"] if exact and i is not None else []
+        if made:
+            parts.append(f"probably computed from a tensor {_birth_place(made)}")
+        elif i is not None and i > 0:
+            outer = stack[i - 1]
+            parts.append(
+                f"made {dtype} in the forward of `{outer.path}` ({type(outer.module).__name__}), whose own inputs "
+                f"are not {dtype}"
+            )
+        elif i is not None and not exact:
+            parts.append(f"probably computed from input `{same[i][0][0]}` of `{stack[i].path}`")
+        elif i is None:
+            parts.append(
+                f"made in the forward of `{stack[0].path}`" if stack else "not a tensor of the guarded modules"
+            )
+        return Origin(", ".join(parts), f"a tensor {_birth_place(made)}" if made else parts[0])
+
+    def _blame_module(self, stack: list[_Frame], named: list[tuple[str, Tensor]]) -> None:
+        """Raise the error of the outermost running module whose off-device own tensor or input is in this call.
+
+        Outermost first: the module the user called names the input as the user passed it (`token_ids` of the
+        model rather than `input` of its Embedding).
+        """
+        ids = {id(t) for _, t in named}
+        for frame in stack:
+            if any(id(t) in ids for _, t in frame.spread):
+                raise self._spread_error(frame)
+            if any(id(t) in ids for _, t in frame.suspects):
+                raise self._input_error(frame)
 
     # -------------------------------------------------------------------------------------------- naming
 
@@ -346,7 +527,7 @@ class DeviceGuard(contextlib.ContextDecorator):
         return entry[1] if entry and entry[0]() is t else None
 
     def _input_of(self, t: Tensor) -> str | None:
-        for frame in reversed(self._stack()):
+        for frame in self._stack():  # outermost first: the name the user passed it by
             for name, value in forward_args(frame.module, frame.args, frame.kwargs):
                 for path, x in input_tensors(value, name):
                     if x is t:
@@ -365,7 +546,19 @@ class DeviceGuard(contextlib.ContextDecorator):
         given = self._input_of(t)
         if given:
             return given, likely_cause(role or Role("an input", "input"), found, expected)
+        derived = self._derived_from_input(t)
+        if derived:
+            return derived
         return "not a parameter, buffer, attribute or input of the guarded modules", likely_cause(role, found, expected)
+
+    def _derived_from_input(self, t: Tensor) -> tuple[str, tuple[str, str]] | None:
+        """For a tensor computed from an off-device input (``ids[:, :-1]`` of CPU ``ids``): that input, hedged."""
+        for frame in self._stack():
+            for name, s in frame.suspects:
+                if s is not t and s.device == t.device:
+                    cause = likely_cause(Role("an input", "input"), str(t.device), str(frame.home))
+                    return f"probably computed from input `{name}` of `{frame.path}`", cause
+        return None
 
     def _provenance(self, t: Tensor) -> tuple[str, tuple[str, str]] | None:
         """``t`` as a plain tensor attribute or a tensor created under the guard, or (for a tensor computed from
@@ -397,37 +590,24 @@ class DeviceGuard(contextlib.ContextDecorator):
             + (" (and create the optimizer after that)." if next(module.parameters(), None) is not None else "."),
         )
 
-    def _spread(self, module: nn.Module, path: str, own: list[tuple[str, Tensor]]) -> None:
+    def _spread_error(self, frame: _Frame) -> DeviceMismatchError:
+        own, path, home = frame.own, frame.path, frame.home
         devices = Counter(t.device for _, t in own)
-        expected = preferred_device(devices)
-        odd = [(n, t) for n, t in own if t.device != expected]
+        odd = frame.spread
         lines = [f"  `{path}.{n}`: {describe_tensor(t)}" for n, t in own]
-        cause, fix = likely_cause(Role("a parameter or buffer", "weights"), str(odd[0][1].device), str(expected))
-        raise DeviceMismatchError(
-            f"`{path}` ({type(module).__name__}) has its own parameters and buffers on {len(devices)} devices.\n"
-            + "\n".join(lines)
-            + f"\nMost likely cause: {cause}.\nFix: {fix}",
+        cause, fix = likely_cause(Role("a parameter or buffer", "weights"), str(odd[0][1].device), str(home))
+        return DeviceMismatchError(
+            f"`{path}` ({type(frame.module).__name__}) has its own parameters and buffers on {len(devices)} "
+            "devices.\n" + "\n".join(lines) + f"\nMost likely cause: {cause}.\nFix: {fix}",
             module=path,
             culprits=tuple(f"{path}.{n}" for n, _ in odd),
             found=str(odd[0][1].device),
-            expected=str(expected),
+            expected=str(home),
         )
 
-    def _input_mismatch(
-        self,
-        module: nn.Module,
-        path: str,
-        home: torch.device,
-        own: list[tuple[str, Tensor]],
-        args: tuple,
-        kwargs: dict,
-    ) -> None:
-        odd = [
-            (name, t)
-            for arg, value in forward_args(module, args, kwargs)
-            for name, t in input_tensors(value, arg)
-            if t.device != home and not is_cpu_scalar(t)
-        ]
+    def _input_error(self, frame: _Frame) -> DeviceMismatchError:
+        module, path, home, own, odd = frame.module, frame.path, frame.home, frame.own, frame.suspects
+        assert home is not None and odd  # set together by _suspect
         kind = "parameters" if next(module.parameters(), None) is not None else "buffers"
         lines = []
         cause: tuple[str, str] | None = None
@@ -436,7 +616,7 @@ class DeviceGuard(contextlib.ContextDecorator):
             cause = self._left_behind(module, path, home, found)
         for name, t in odd:
             role = role_of(type(module).__name__.lower(), name.split("[")[0].split(".")[0])
-            known = self._provenance(t)
+            known = self._provenance(t) or self._derived_from_input(t)
             if known:
                 lines.append(f"  input `{name}`: {describe_tensor(t)}; {known[0]}")
                 cause = cause or known[1]
@@ -448,10 +628,10 @@ class DeviceGuard(contextlib.ContextDecorator):
             lines += [f"  `{path}.{n}`: {describe_tensor(t)}" for n, t in own[:2]]
         else:
             lines.append(f"  `{path}`'s {kind}: on {home}")
-        where = user_location()
-        assert cause is not None  # odd is not empty: the pre-hook saw a tensor off `home`
+        where = frame.where
+        assert cause is not None  # odd is not empty
         names = ", ".join(f"`{n}`" for n, _ in odd)
-        raise DeviceMismatchError(
+        return DeviceMismatchError(
             f"`{path}` ({type(module).__name__}) got {names} on {found}, but its {kind} are on {home}.\n"
             + "\n".join(lines)
             + (f"\n  called at {where}: {where.code}" if where else "")
@@ -463,8 +643,15 @@ class DeviceGuard(contextlib.ContextDecorator):
         )
 
 
+def _is_basic_index(index: Any) -> bool:
+    """Whether ``x[index]`` is a view (ints, slices, ``None``, ``...``), not advanced indexing (tensors, lists)."""
+    items = index if isinstance(index, tuple) else (index,)  # x[i, j] passes a tuple, x[i] the item alone
+    return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in items)
+
+
 # Never traced by torch.compile (they read the Python stack, and raise): under compile they run eagerly.
 _check_call = torch.compiler.disable(DeviceGuard.check_call)
+_name_failure = torch.compiler.disable(DeviceGuard.name_failure)
 _note_birth = torch.compiler.disable(DeviceGuard.note_birth)
 
 
@@ -476,12 +663,17 @@ def _attribute_story(path: str, hedge: str) -> tuple[str, tuple[str, str]]:
     )
 
 
-def _birth_story(birth: _Birth, device: str, hedge: str) -> tuple[str, tuple[str, str]]:
-    by = f" in the forward of `{birth.module}`" if birth.module else ""
+def _birth_place(birth: _Birth) -> str:
+    """``created by torch.zeros at train.py:12 in the forward of `model```."""
     at = f" at {birth.location}" if birth.location else ""
+    by = f" in the forward of `{birth.module}`" if birth.module else ""
+    return f"created by {birth.function}{at}{by}"
+
+
+def _birth_story(birth: _Birth, device: str, hedge: str) -> tuple[str, tuple[str, str]]:
     how = "with an explicit device" if birth.explicit_device else "without device="
     default = "" if birth.explicit_device else " (the default device)"
-    return f"{hedge}created by {birth.function}{at}{by}, {how}", (
+    return f"{hedge}{_birth_place(birth)}, {how}", (
         f"a tensor created {how} lands on {device}{default}",
         f"create it where its partners are: `{birth.function}(..., device=x.device)` (x: an input of the "
         "forward), or make it a registered buffer built once in __init__.",
@@ -495,7 +687,14 @@ def device_guard(
     allow: Iterable[Callable[..., Any]] = (),
     **others: nn.Module,
 ) -> DeviceGuard:
-    """Check devices at every module call and every torch operation; raise :class:`DeviceMismatchError` first.
+    """Check devices at every torch operation and name what mixes them; name the odd tensor of a dtype error.
+
+    A call that mixes devices raises :class:`DeviceMismatchError` before the kernel runs, naming the module, the
+    tensor (by its ``forward`` parameter, dotted path, or the line that created it) and the fix. A module input on
+    another device than the module is not an error by itself (plain PyTorch runs it when the module moves it, or
+    needs it there): it is recorded in :attr:`DeviceGuard.off_device_inputs`. When PyTorch refuses two dtypes
+    ("mat1 and mat2 must have the same dtype"), :class:`DtypeMismatchError` names the odd tensor, where it came
+    from and the fix. Both subclass ``RuntimeError``.
 
     Use it as a context manager around a training step, or as a decorator::
 
@@ -507,14 +706,14 @@ def device_guard(
 
     Args:
         model: every submodule gets a forward pre-hook comparing its inputs with its own parameters and
-            buffers; tensors are named by their dotted path.
+            buffers, so that an error names the module and the input; tensors are named by their dotted path.
         optimizer: before each ``step()``, its state is compared with each parameter's device.
         allow: torch functions the operation layer must not check (for a function that mixes devices on
             purpose and is not already known to: ``.to``, ``copy_``, indexing with CPU indices, RNN lengths).
         others: more modules that take part, by name (``criterion=loss_fn``), checked like the model.
 
-    Hooks and the operation mode are removed on every exit path, errors included. Module boundaries are
-    checked on every thread, operations only on the thread that entered the guard. ``torch.compile``d
+    Hooks and the operation mode are removed on every exit path, errors included. Module inputs are recorded
+    on every thread, operations checked only on the thread that entered the guard. ``torch.compile``d
     modules are checked too (dynamo traces the operation layer or runs it eagerly). What a C++ extension
     does inside is not seen, only the torch calls that reach Python; submodules added while the guard is
     active are not hooked until it is entered again.
