@@ -100,6 +100,9 @@ def test_inputs_are_named_inputs_i_when_several_are_given() -> None:
     (finding,) = report.findings
     assert (finding.code, finding.paths, finding.found) == ("input", ("inputs[1]",), "cpu")
     assert finding.fix == "move the batch before the forward pass: `batch = tt.to_device(batch, 'meta')`."
+    # A static look cannot tell a forgotten batch from an input the model handles itself: it says so.
+    assert "harmless only for an input the model moves itself" in finding.cause
+    assert "`tt.device_guard(model)` tells which" in finding.cause
 
 
 def test_a_0d_cpu_input_is_a_scalar_not_a_mismatch() -> None:

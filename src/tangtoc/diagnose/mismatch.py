@@ -373,7 +373,9 @@ def _findings(
                 found,
                 want,
                 f"input {_quote(paths)} is on {found}, but the model is on {want}.",
-                "the batch was not moved to the model's device before the forward pass",
+                "the batch was not moved to the model's device before the forward pass (harmless only for an input "
+                "the model moves itself, as Hugging Face causal-LM models do with `labels`, or needs on the CPU, as "
+                "`pack_padded_sequence` does with `lengths`: `tt.device_guard(model)` tells which, by running it)",
                 f"move the batch before the forward pass: `batch = tt.to_device(batch, {want!r})`.",
             )
         )
