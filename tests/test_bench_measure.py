@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -178,3 +179,24 @@ def test_l2_flush_and_graph_replay_run_on_cuda() -> None:
     assert graphed.device.startswith("cuda") and graphed.median > 0
     # Whether replay is faster than eager launches is a speed question: benchmarks/gpu_check.sh judges it
     # (small-ops step, "launch overhead removed by CUDA-graph replay"), not a unit test.
+
+
+def test_without_a_device_every_accelerator_in_use_is_synchronized(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The article's trap (6.1): timing GPU work without synchronizing measures the launch. A fake accelerator
+    # "in use" must be synchronized around every clock reading although measure() was not told about it.
+    measure_module = importlib.import_module("tangtoc.bench.measure")  # the package re-exports the function's name
+
+    synced: list[torch.device] = []
+    fake = torch.device("xpu", 0)
+    monkeypatch.setattr(measure_module, "accelerators_in_use", lambda: (fake,))
+    monkeypatch.setattr(measure_module, "synchronize", synced.append)
+    m = measure(lambda: None, min_time=0.001, max_time=0.01, min_runs=3)
+    assert m.device == "xpu:0"
+    assert m.clock == "host clock (perf_counter), synchronizing xpu:0 before each reading"
+    blocks = m.runs + 1  # the first block sizes the others
+    assert synced.count(fake) >= 2 * blocks
+
+
+def test_the_clock_used_is_reported() -> None:
+    assert measure(lambda: None, device="cpu", min_time=0.001).clock.startswith("host clock (perf_counter); CPU")
+    assert measure(lambda: None, min_time=0.001).to_dict()["clock"]  # default device: said, not assumed

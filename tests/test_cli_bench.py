@@ -64,7 +64,7 @@ def test_a_small_run_writes_table_json_and_png(tmp_path: Path, capsys: pytest.Ca
     code = main(["bench", "matmul", "small-ops", *FAST, "--json", str(out_json), "--plot", str(out_png)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "matmul 64" in text and "The seed's claims" in text and "No GPU present" in text
+    assert "matmul 64" in text and "The article's claims vs measured here" in text and "No GPU present" in text
     data = json.loads(out_json.read_text())
     assert {r["suite"] for r in data["rows"]} == {"matmul", "small-ops"}
     assert all(r["measurement"]["median_s"] > 0 for r in data["rows"])

@@ -293,6 +293,19 @@ def available_devices() -> list[torch.device]:
     return found
 
 
+def accelerators_in_use() -> tuple[torch.device, ...]:
+    """The accelerators whose work a host-side timing must wait for: every CUDA device once CUDA is initialized in
+    this process, MPS and XPU where present. Starts nothing (an uninitialized CUDA has no work queued)."""
+    found = []
+    if torch.cuda.is_initialized():
+        found += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        found.append(torch.device("mps"))
+    if _xpu_available():
+        found += [torch.device("xpu", i) for i in range(torch.xpu.device_count())]
+    return tuple(found)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait until all work queued on ``device`` is done; a no-op on the CPU and ``meta``."""
     if device.type == "cuda":

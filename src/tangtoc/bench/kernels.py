@@ -18,6 +18,9 @@ MATMUL_SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 QUICK_CPU_MATMUL_MAX = 2048
 PER_CASE_BUDGET = 30.0  # seconds one matmul case may take in the full run
 SMALL_OP_SIZES = tuple(10**k for k in range(2, 8))
+#: Elements created by the create-on-device case: the article's own torch.randn(100, device=device) (4.3), and
+#: 64 MiB of float32, where the copy dominates.
+CREATE_SIZES = (100, 16 << 20)
 TRANSFER_SIZES_QUICK = tuple(4 << (10 + 2 * k) for k in range(0, 9, 2))  # 4 KiB ... 256 MiB, x16 apart
 TRANSFER_SIZES_FULL = tuple(4 << (10 + 2 * k) for k in range(0, 10))  # 4 KiB ... 1 GiB, x4 apart
 _REFERENCE_ROWS = 64  # rows of a matmul recomputed in float64: enough to catch a wrong kernel, cheap at n=8192
@@ -75,6 +78,7 @@ def _matmul_case(
         gen = torch.Generator().manual_seed(n)
         a = torch.randn(n, n, generator=gen).to(device, dtype)
         b = torch.randn(n, n, generator=gen).to(device, dtype)
+
         def product() -> torch.Tensor:
             return torch.mm(a, b)
 
@@ -156,7 +160,10 @@ def transfer(cfg: BenchConfig, sizes: tuple[int, ...] | None = None) -> list[Cas
                                 _copy_case(cfg, device, direction, nbytes, pinned, non_blocking),
                             )
                         )
-        cases.append(Case("transfer", f"create on CPU then move vs on {device}", _create_case(cfg, device)))
+        for n in CREATE_SIZES:
+            cases.append(
+                Case("transfer", f"create {n:,} on CPU then move vs on {device}", _create_case(cfg, device, n))
+            )
     return cases
 
 
@@ -200,9 +207,8 @@ def _copy_case(
     return run
 
 
-def _create_case(cfg: BenchConfig, device: torch.device) -> Callable[[], Row]:
+def _create_case(cfg: BenchConfig, device: torch.device, n: int) -> Callable[[], Row]:
     def run() -> Row:
-        n = 16 << 20  # 64 MiB of float32
         row = Row(suite="transfer", case="create on CPU then move", device=str(device), dtype="float32", size=n * 4)
         made = torch.randn(n, device=device)
         if made.device != device or made.shape != (n,) or not torch.isfinite(made).all():

@@ -1,10 +1,12 @@
-"""``measure``: the one place tangtoc reads a clock (seed 6.1: synchronize when timing).
+"""``measure``: timing device work correctly (seed 6.1: synchronize when timing).
 
 A GPU runs asynchronously: ``fn()`` returns when its kernels are *queued*, not done, so timing it with
 ``time.perf_counter()`` alone measures the launch, not the work. ``measure`` therefore
 
 * times CUDA with events recorded on the stream (the device's own clock), and MPS/XPU by
-  synchronizing before reading the host clock; the CPU needs no synchronization;
+  synchronizing before reading the host clock; the CPU needs no synchronization. Without ``device=`` it
+  synchronizes every accelerator the process uses, so GPU work is never timed by its launch alone, and each
+  result says which clock timed it;
 * warms up first (first call, allocator, cuBLAS/cuDNN loading, ``cudnn.benchmark`` autotuning);
 * grows the number of calls per timed block until the block is long enough that the clock's own
   overhead is negligible (as ``torch.utils.benchmark.Timer.blocked_autorange`` does);
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from tangtoc.device import DeviceLike, resolve, synchronize
+from tangtoc.device import DeviceLike, accelerators_in_use, resolve, synchronize
 
 #: A timed block shorter than this is dominated by the clock and launch jitter, so it is grown.
 MIN_BLOCK_SECONDS = 1e-3
@@ -47,18 +49,25 @@ class Clock(Protocol):
 
 
 class HostClock:
-    """``perf_counter`` around a device synchronization (a no-op on the CPU)."""
+    """``perf_counter`` around a synchronization of every device given (none on the CPU)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, *devices: torch.device) -> None:
+        self.devices = tuple(d for d in devices if d.type not in ("cpu", "meta"))
 
     def start(self) -> float:
-        synchronize(self.device)
+        for d in self.devices:
+            synchronize(d)
         return time.perf_counter()
 
     def stop(self, mark: float) -> float:
-        synchronize(self.device)
+        for d in self.devices:
+            synchronize(d)
         return time.perf_counter() - mark
+
+    def __str__(self) -> str:
+        if not self.devices:
+            return "host clock (perf_counter); CPU work, nothing to synchronize"
+        return f"host clock (perf_counter), synchronizing {', '.join(map(str, self.devices))} before each reading"
 
 
 class CudaEventClock:
@@ -78,8 +87,16 @@ class CudaEventClock:
         end.synchronize()
         return mark.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
 
+    def __str__(self) -> str:
+        return f"CUDA events on the current stream of {self.device}"
 
-def clock_for(device: torch.device) -> Clock:
+
+def clock_for(device: torch.device | None) -> Clock:
+    """CUDA events for one CUDA device; otherwise the host clock, synchronizing ``device`` or, when ``device`` is
+    None, every accelerator this process uses (seed 6.1: an unsynchronized clock times the launch, not the work)."""
+    if device is None:
+        in_use = accelerators_in_use()
+        return HostClock(*in_use)
     return CudaEventClock(device) if device.type == "cuda" else HostClock(device)
 
 
@@ -92,6 +109,7 @@ class Measurement:
     device: str
     label: str = ""
     threads: int = field(default_factory=torch.get_num_threads)
+    clock: str = ""  # which clock timed it, and what it synchronized
 
     @property
     def runs(self) -> int:
@@ -136,6 +154,7 @@ class Measurement:
             "runs": self.runs,
             "number_per_block": self.number_per_block,
             "threads": self.threads,
+            "clock": self.clock,
             "warning": self.warning,
         }
 
@@ -163,7 +182,7 @@ def _graphed(fn: Callable[[], object], device: torch.device) -> Callable[[], obj
 def measure(
     fn: Callable[[], object],
     *,
-    device: DeviceLike = "cpu",
+    device: DeviceLike | None = None,
     label: str = "",
     min_time: float = 0.2,
     max_time: float = 2.0,
@@ -178,7 +197,9 @@ def measure(
 
     Args:
         fn: the work to time, called with no arguments. Its result is ignored.
-        device: where ``fn``'s work runs; decides how the clock synchronizes.
+        device: where ``fn``'s work runs; decides how the clock synchronizes. ``None`` (the default)
+            synchronizes every accelerator this process uses before each clock reading, so GPU work timed without
+            ``device=`` is still timed whole; ``Measurement.clock`` says what was used.
         min_time: keep timing blocks until this many seconds were measured (and ``min_runs`` blocks)...
         max_time: ...but stop once this many seconds were measured, even with fewer runs, or after
             :data:`MAX_RUNS` blocks.
@@ -195,10 +216,15 @@ def measure(
         raise ValueError(f"need 0 < min_time <= max_time < inf, got min_time={min_time}, max_time={max_time}.")
     if min_runs < 1 or warmup < 1:
         raise ValueError(f"min_runs and warmup must be at least 1, got min_runs={min_runs}, warmup={warmup}.")
-    dev = resolve(device)
+    if device is None:
+        in_use = accelerators_in_use()
+        dev = in_use[0] if len(in_use) == 1 else torch.device("cpu")  # where flushes and graphs would go
+        clock = clock or clock_for(None)
+    else:
+        dev = resolve(device)
+        clock = clock or clock_for(dev)
     if (flush_l2 or cuda_graph) and dev.type != "cuda":
         flush_l2 = cuda_graph = False  # both are GPU notions; on the CPU the plain path is the right one
-    clock = clock or clock_for(dev)
     saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -234,4 +260,5 @@ def measure(
             times.append(elapsed / number)
     finally:
         torch.set_num_threads(saved_threads)
-    return Measurement(tuple(times), number, str(dev), label, threads if threads is not None else saved_threads)
+    used = threads if threads is not None else saved_threads
+    return Measurement(tuple(times), number, str(dev), label, used, str(clock))

@@ -1,4 +1,4 @@
-"""Turn benchmark rows into speed-ups, the seed-claims summary, JSON and a PNG.
+"""Turn benchmark rows into speed-ups, JSON and a PNG (the article's claims are judged in ``claims``).
 
 Building renderables and files lives here; printing them is the CLI's job.
 """
@@ -12,15 +12,15 @@ import platform
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tangtoc.bench.cases import BenchConfig, Row
+from tangtoc.bench.claims import Claim
 from tangtoc.device import cpu_cores, cpu_model
-from tangtoc.units import fmt_duration
 
 
 def add_speedups(rows: Sequence[Row]) -> None:
@@ -60,95 +60,10 @@ def metadata(cfg: BenchConfig, argv: Sequence[str] | None = None) -> dict[str, A
 
 def write_json(path: Path, rows: Iterable[Row], meta: dict[str, Any], claims: Iterable[Claim] = ()) -> None:
     """Write every row with its measurement and the metadata; replaced atomically so a reader never sees half."""
-    data = {"metadata": meta, "rows": [r.to_dict() for r in rows], "seed_claims": [c.__dict__ for c in claims]}
+    data = {"metadata": meta, "rows": [r.to_dict() for r in rows], "seed_claims": [asdict(c) for c in claims]}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One of the seed's claims (section 6.2), what was measured here, and the verdict."""
-
-    claim: str
-    measured: str
-    verdict: str  # "confirmed", "not confirmed", "not measured", ...
-
-
-def seed_claims(rows: Sequence[Row]) -> list[Claim]:
-    """Check the seed's three speed claims against the rows; says plainly when there was no GPU."""
-    gpu_rows = [r for r in rows if r.device != "cpu" and r.measurement is not None]
-    claims: list[Claim] = []
-    small = [
-        r.metrics["speedup_vs_cpu"]
-        for r in rows
-        if r.suite == "small-ops" and r.size <= 10_000 and r.metrics.get("speedup_vs_cpu")
-    ]
-    small_cpu = [r for r in rows if r.suite == "small-ops" and r.device == "cpu" and r.measurement and r.size == 100]
-    if small:
-        lo, hi = min(small), max(small)
-        verdict = "confirmed" if lo >= 2 and hi <= 5 else ("GPU slower or equal" if hi <= 1 else "partly")
-        claims.append(
-            Claim("GPU is 2-5x faster on small operations", f"{lo:.2f}x to {hi:.2f}x (<= 1e4 elements)", verdict)
-        )
-    else:
-        cpu_us = ", ".join(
-            f"{r.case.split()[0]} {r.measurement.median * 1e6:.1f} us" for r in small_cpu if r.measurement
-        )
-        claims.append(
-            Claim(
-                "GPU is 2-5x faster on small operations",
-                f"no GPU present; CPU per call at 100 elements: {cpu_us or 'not run'}",
-                "not measured",
-            )
-        )
-    big = [r for r in rows if r.suite == "matmul" and r.metrics.get("speedup_vs_cpu")]
-    if big:
-        top = max(big, key=lambda r: (r.size, r.metrics["speedup_vs_cpu"] or 0))
-        claims.append(
-            Claim(
-                "with large matrices the gap is much larger",
-                f"{top.metrics['speedup_vs_cpu']:.0f}x at n={top.size} ({top.dtype} on {top.device} vs CPU float32)",
-                "confirmed" if (top.metrics["speedup_vs_cpu"] or 0) > 5 else "not confirmed",
-            )
-        )
-    else:
-        cpu_mm = [r for r in rows if r.suite == "matmul" and r.device == "cpu" and r.measurement]
-        best = max(cpu_mm, key=lambda r: r.size, default=None)
-        claims.append(
-            Claim(
-                "with large matrices the gap is much larger",
-                f"no GPU present; CPU float32 at n={best.size}: {best.metrics['tflops'] * 1e3:.0f} GFLOP/s"
-                if best
-                else "no GPU present; matmul not run",
-                "not measured",
-            )
-        )
-    gpt = {r.device: r for r in rows if r.suite == "gpt2" and r.measurement is not None}
-    cpu_gpt = gpt.get("cpu")
-    gpu_gpt = next((r for d, r in gpt.items() if d != "cpu"), None)
-    if cpu_gpt and gpu_gpt:
-        claims.append(
-            Claim(
-                "GPT-2 training: tens of minutes on CPU -> seconds on GPU",
-                f"{fmt_duration(cpu_gpt.metrics['projected_s'])} on CPU vs "
-                f"{fmt_duration(gpu_gpt.metrics['projected_s'])} on {gpu_gpt.device} for {cpu_gpt.note}",
-                "confirmed"
-                if (cpu_gpt.metrics["projected_s"] or 0) / (gpu_gpt.metrics["projected_s"] or 1) > 20
-                else "not confirmed",
-            )
-        )
-    else:
-        claims.append(
-            Claim(
-                "GPT-2 training: tens of minutes on CPU -> seconds on GPU",
-                f"no GPU present; CPU: {fmt_duration(cpu_gpt.metrics['projected_s'])} for {cpu_gpt.note}"
-                if cpu_gpt
-                else "gpt2 suite not run",
-                "not measured" if not gpu_rows else "not run on both devices",
-            )
-        )
-    return claims
 
 
 def plot(path: Path, rows: Sequence[Row]) -> None:

@@ -17,6 +17,7 @@ from rich.text import Text
 from tangtoc import bench
 from tangtoc.bench import kernels, report
 from tangtoc.bench.cases import BenchConfig, Row
+from tangtoc.bench.claims import Claim, seed_claims
 from tangtoc.cli.args import UsageError, check_writable, seconds
 from tangtoc.cli.render import console, fmt_bytes, fmt_seconds
 from tangtoc.device import available_devices, describe, resolve
@@ -24,6 +25,7 @@ from tangtoc.models import GPT_SIZES
 from tangtoc.train.signals import sigterm_as_interrupt
 
 QUICK = ("matmul", "small-ops", "transfer", "residency", "gpt2")
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, read before --threads changes it
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -195,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         out.print("--full: sizes up to 8192 and the real GPT-2 124M; this takes several minutes, more on a CPU.")
     cases = _cases(cfg, args)
     rows: list[Row] = []
-    claims: list[report.Claim] = []
+    claims: list[Claim] = []
     started = time.perf_counter()
     meta = report.metadata(cfg)
 
@@ -203,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         """Rewrite the JSON with every row so far, so a run killed part-way still leaves its measurements."""
         nonlocal claims
         report.add_speedups(rows)
-        claims = report.seed_claims(rows)
+        claims = seed_claims(rows, cpu_threads=meta["threads"], default_threads=DEFAULT_THREADS)
         meta["wall_s"] = time.perf_counter() - started
         meta["cases_done"], meta["cases_planned"] = len(rows), len(cases)
         if args.json:
@@ -235,12 +237,13 @@ def run(args: argparse.Namespace) -> int:
         save(final=True)
     for suite in dict.fromkeys(r.suite for r in rows):
         out.print(_table(suite, [r for r in rows if r.suite == suite]))
-    claims_table = Table(title="The seed's claims (section 6.2) vs measured here", title_justify="left")
-    for col in ("claim", "measured here", "verdict"):
+    claims_table = Table(title="The article's claims vs measured here", title_justify="left")
+    for col in ("§", "claim", "rule", "measured here", "verdict"):
         claims_table.add_column(col)
     for c in claims:
-        claims_table.add_row(c.claim, c.measured, c.verdict)
+        claims_table.add_row(c.section, c.claim, c.rule, c.measured, c.verdict)
     out.print(claims_table)
+    out.print(f"CPU baseline: {meta['threads']} thread(s) on {meta['cpu_cores']} core(s).", markup=False)
     noisy = sum(1 for r in rows if r.measurement and r.measurement.warning)
     if noisy:
         out.print(
