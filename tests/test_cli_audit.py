@@ -14,6 +14,7 @@ from tangtoc.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "sync_heavy.py"
+CORPUS = ROOT / "tests" / "audit_corpus"
 TRAIN_LOOP = """
 import torch
 model = torch.nn.Linear(2, 2)
@@ -195,3 +196,75 @@ def test_an_unwritable_json_path_is_refused_before_the_script_runs(
     assert main(["audit", str(path), "--json", "/proc/no/such/dir/r.json"]) == 2
     assert "--json: cannot create the folder /proc/no/such/dir" in capsys.readouterr().err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "step_source"),
+    [
+        ("nanogpt_train.py", ["--device=cpu"], "optimizer.step()"),
+        ("hf_accelerate_loop.py", [], "optimizer.step()"),
+        ("transformer_encoder_causal.py", [], "optimizer.step()"),
+        ("dataset_getitem.py", [], "optimizer.step()"),
+        ("manual_sgd.py", [], "backward()"),
+    ],
+)
+def test_corpus_every_finding_is_at_its_planted_line_and_nothing_else_is_reported(
+    tmp_path: Path, name: str, args: list[str], step_source: str
+) -> None:
+    path = CORPUS / name
+    if name == "nanogpt_train.py":
+        args = [*args, f"--out_dir={tmp_path}"]
+    code, report = audit_json(tmp_path, str(path), *args, "--steps", "3")
+    assert code == 0
+    assert (report["mode"], report["step_source"], len(report["steps"])) == ("inferred", step_source, 3)
+    assert {(f["location"]["line"], f["op"]) for f in report["findings"]} == planted(path)
+
+
+def corpus_findings(tmp_path: Path, name: str) -> dict[str, dict]:
+    """The findings of a corpus script audited for 3 steps, by the op they report."""
+    _, report = audit_json(tmp_path, str(CORPUS / name), "--steps", "3")
+    return {f["op"]: f for f in report["findings"]}
+
+
+def test_corpus_syncs_and_copies_inside_libraries_name_the_library_function(tmp_path: Path) -> None:
+    hf = corpus_findings(tmp_path, "hf_accelerate_loop.py")
+    assert hf["bool(tensor) / if tensor:"]["via"].startswith("transformers.masking_utils.")
+    assert hf[".to()"]["via"] == (
+        "transformers.tokenization_utils_base.BatchEncoding.to (from accelerate.data_loader.DataLoaderShard.__iter__)"
+    )
+    assert "DataLoaderConfiguration(non_blocking=True)" in hf[".to()"]["fix"]
+    causal = corpus_findings(tmp_path, "transformer_encoder_causal.py")["bool(tensor) / if tensor:"]
+    assert causal["via"] == "torch.nn.modules.transformer._detect_is_causal_mask"
+    assert "`encoder(x, mask=mask, is_causal=True)`" in causal["fix"]
+
+
+def test_corpus_advice_fits_the_place(tmp_path: Path) -> None:
+    found = corpus_findings(tmp_path, "dataset_getitem.py")
+    in_getitem = found["torch.randn"]
+    assert "Dataset.__getitem__ or a collate function" in in_getitem["why"]
+    assert "num_workers" in in_getitem["fix"] and "device=" not in in_getitem["fix"]
+    copy = found[".to()"]
+    assert copy["detail"].endswith("non_blocking from pageable memory: synchronous in practice")
+    assert "pin_memory=True" in copy["fix"]
+
+
+def test_manual_sgd_counts_backward_calls_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", str(CORPUS / "manual_sgd.py"), "--steps", "2"]) == 0
+    assert "2 step(s) (steps end at backward(), as no optimizer.step() was seen)" in capsys.readouterr().out
+
+
+def test_a_script_that_never_names_a_device_is_told_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", str(script(tmp_path, TRAIN_LOOP.format(steps=2)))]) == 0
+    assert "the script never names a device (no `.to(device)`, no `device=`)" in capsys.readouterr().out
+
+
+def test_a_script_that_raises_before_its_first_step_reports_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = script(tmp_path, "import torch\nx = torch.ones(2, device='cpu').sum().item()\nraise KeyError('vocab')\n")
+    assert main(["audit", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"tangtoc audit: {path} raised KeyError: 'vocab'; the report covers the run (it ended before its first " in (
+        err
+    )
+    assert "finished without calling optimizer.step()" not in err

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.optim.optimizer import _global_optimizer_post_hooks
 
 import tangtoc as tt
-from tangtoc.diagnose import StopAudit, audit, mark_step
+from tangtoc.diagnose import Audit, StopAudit, audit, mark_step
 from tangtoc.diagnose.audit_report import AuditReport
 from tangtoc.errors import TangtocError
 
@@ -242,3 +242,148 @@ def test_real_cuda_syncs_and_pinned_copies() -> None:
     assert by_line[line_of("pinned copy")].detail == "cpu→cuda copy, pinned, non-blocking"
     assert by_line[line_of("cuda item")].detail == "synchronizes the host with the device"
     assert by_line[line_of("cuda synchronize")].op == "torch.cuda.synchronize()"
+
+
+def test_once_a_device_is_named_host_tensors_are_not_would_be_syncs() -> None:
+    device = "cpu"  # what `"cuda" if torch.cuda.is_available() else "cpu"` gives on this machine
+    model = nn.Linear(4, 2).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    labels = torch.tensor([0, 1])
+    with audit() as a:
+        history = torch.zeros(3)  # eval losses: a host tensor in any run
+        for step in range(3):
+            x = torch.randn(2, 4, device=device)
+            loss = F.cross_entropy(model(x), labels.to(device))  # audit: the same host tensor, copied every step
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history[step] = loss.item()  # audit: a device read
+            history.mean().item()  # a host read: not a GPU sync
+            x.cpu().sum().item()  # audit: back to the host
+            if history[step] > 100:  # a host read
+                break
+    report = a.report()
+    assert report.mode == "inferred"
+    assert found(report) == {
+        (line_of("the same host tensor, copied every step"), ".to()"),
+        (line_of("a device read"), ".item()"),
+        (line_of("back to the host"), ".cpu()"),
+    }
+    by_op = {f.op: f for f in report.findings}
+    assert (by_op[".to()"].count, by_op[".to()"].steps_seen) == (3, 3)
+    assert by_op[".cpu()"].detail == "would copy on a GPU (all on the CPU here)"
+
+
+def test_a_line_naming_the_cpu_is_a_host_move_not_the_device() -> None:
+    with audit() as a:
+        for _ in range(2):
+            x = torch.ones(3).to("cpu")  # the CPU on purpose: not a device, and nothing to copy
+            x.sum().item()
+            mark_step()
+    assert a.report().mode == "unnamed"
+
+
+def test_a_cpu_tensor_that_never_meets_the_device_is_not_reported_and_one_that_does_is() -> None:
+    device = "cpu"
+    weight = torch.randn(4, 4, device=device)
+    with audit() as a:
+        for _ in range(2):
+            ix = torch.randint(0, 10, (4,))  # indexes a host list: stays on the host
+            [list(range(10))[i] for i in ix]
+            bias = torch.zeros(4)  # audit: meets the device
+            weight @ torch.ones(4, 1, device=device) + bias
+            mark_step()
+    report = a.report()
+    assert found(report) == {(line_of("meets the device"), "torch.zeros")}
+    assert "device=x.device" in report.findings[0].fix
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("mask", torch.ones(4))  # a buffer: moves with the model
+        self.offset = torch.zeros(4)  # audit: a plain attribute
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.mask + self.offset
+
+
+def test_a_plain_tensor_attribute_is_told_to_become_a_buffer_and_a_buffer_is_not() -> None:
+    device = "cpu"
+    with audit() as a:
+        model = _Scaled().to(device)
+        for _ in range(2):
+            model(torch.ones(1, 4, device=device))
+            mark_step()
+    report = a.report()
+    assert found(report) == {(line_of("a plain attribute"), "torch.zeros")}
+    (f,) = report.findings
+    assert "created in a module's __init__ as a plain tensor attribute" in f.why
+    assert "self.register_buffer(name, tensor, persistent=False)" in f.fix
+    assert (f.setup_count, f.steps_seen) == (1, 0)
+
+
+def test_a_library_read_of_a_device_tensor_is_reported_at_the_users_line_naming_the_library() -> None:
+    device = "cpu"
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True).to(device)
+    encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).to(device)
+    mask = nn.Transformer.generate_square_subsequent_mask(5, device=device)
+    with audit() as a:
+        for _ in range(2):
+            encoder(torch.ones(1, 5, 8, device=device), mask=mask)  # audit: reads the mask inside
+            encoder(torch.ones(1, 5, 8, device=device), mask=mask, is_causal=True)  # the hint: no read
+            mark_step()
+    (f,) = a.report().findings
+    assert (f.location.line, f.op, f.via) == (
+        line_of("reads the mask inside"),
+        "bool(tensor) / if tensor:",
+        "torch.nn.modules.transformer._detect_is_causal_mask",
+    )
+    assert f.why.startswith("inside torch.nn.modules.transformer._detect_is_causal_mask, which this line calls: ")
+
+
+def _manual_sgd(steps: int, accumulate: int) -> Audit:
+    device = "cpu"
+    model = nn.Linear(4, 1).to(device)
+    x = torch.ones(8, 4, device=device)
+    with audit() as a:
+        for _ in range(steps):
+            for _ in range(accumulate):
+                model(x).pow(2).mean().backward()
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-0.1)
+            model.zero_grad()
+    return a
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_without_an_optimizer_each_backward_whose_gradients_were_used_is_a_step(accumulate: int) -> None:
+    report = _manual_sgd(4, accumulate).report()
+    assert (report.step_source, len(report.steps)) == ("backward()", 4)
+
+
+def test_with_an_optimizer_accumulated_backward_calls_are_one_step() -> None:
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with audit() as a:
+        for _ in range(3):
+            for _ in range(2):
+                model(torch.ones(2, 4, device="cpu")).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    report = a.report()
+    assert (report.step_source, len(report.steps)) == ("optimizer.step()", 3)
+
+
+def test_backward_steps_stop_at_the_limit() -> None:
+    with audit(steps=2) as a:
+        _manual_sgd_body(10)
+    assert (a.report().step_source, len(a.report().steps), a.report().stopped) == ("backward()", 2, True)
+
+
+def _manual_sgd_body(steps: int) -> None:
+    w = torch.ones(4, requires_grad=True)
+    for _ in range(steps):
+        (w * 2).sum().backward()
+        w.grad = None

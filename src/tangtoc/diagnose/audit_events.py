@@ -239,6 +239,11 @@ class Calls(TorchFunctionMode):
             a.covered -= 1
         if target.type == "cpu" and not to_host:
             a.intent.mark(out, moved=out is t)
+        elif to_host and out is t and a.intent.on_device(t):
+            # On a GPU this is a new host tensor; here `.cpu()` returns `t` itself, still a "device" tensor. A
+            # view stands in for the copy, so that reading it (`x.cpu().item()`) is not taken for a second sync.
+            out = torch.ops.aten.alias.default(t)
+            a.intent.forget(out)
         return out
 
     def _read(self, func: Any, args: tuple, kwargs: dict, frame: FrameType) -> EventKey | None:
@@ -287,7 +292,7 @@ class Kernels(TorchDispatchMode):
         if not a.covered:
             self._observe(func, args, kwargs)
         out = func(*args, **kwargs)
-        met = a.intent.propagate(tensors_in((*args, *kwargs.values())), tensors_in((out,)))
+        met = a.intent.propagate(tensors_in((*args, *kwargs.values())), tensors_in((out,)), func._schema.is_mutable)
         if met:
             a.meet(met, moved=False)
         return out

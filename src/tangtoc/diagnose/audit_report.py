@@ -394,7 +394,9 @@ def _finding(
         seconds, detail = count * SYNC_SECONDS, "synchronizes the host with the device"
     elif key.kind == "cpu-tensor":
         why, fix = _creation_advice(key, device, seen > 0)
-        seconds, detail = _copy_seconds(key, count, nbytes), "tensor created on the CPU"
+        # Made in data loading, it reaches the device in the batch: that copy is priced where the batch moves.
+        seconds = 0.0 if key.place == "data" else _copy_seconds(key, count, nbytes)
+        detail = "tensor created on the CPU"
     else:
         seconds = _copy_seconds(key, count, nbytes)
         memory = "" if key.pinned is None else ("pinned, " if key.pinned else "pageable, ")

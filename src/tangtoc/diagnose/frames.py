@@ -113,7 +113,9 @@ def caller_is_user(frame: FrameType | None) -> bool:
 
 
 def _function_name(frame: FrameType) -> str:
-    return f"{frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname}"
+    """``module.Class.method`` of a frame; a nested function or comprehension is named by its enclosing one."""
+    name = frame.f_code.co_qualname.split(".<locals>.")[0]
+    return f"{frame.f_globals.get('__name__', '?')}.{name}"
 
 
 def _package(frame: FrameType) -> str:
@@ -135,7 +137,7 @@ def library_function(frame: FrameType | None) -> str | None:
     f = frame.f_back
     while f is not None and is_library_file(f.f_code.co_filename):
         package = _package(f)
-        if package not in (inner, "torch", "tangtoc") and not f.f_code.co_filename.startswith(_STDLIB_DIRS):
+        if package not in (inner, "torch", "tangtoc") and package not in sys.stdlib_module_names:
             entry = f
         f = f.f_back
     return name if entry is None else f"{name} (from {_function_name(entry)})"

@@ -92,6 +92,10 @@ class Intent:
         if t.device.type == "cpu" and self._device.get(t) is None:
             self._device.set(t, "moved" if moved else True)
 
+    def forget(self, t: Tensor) -> None:
+        """Record that ``t`` is host memory (a copy back from the device, on a GPU)."""
+        self._device.set(t, None)
+
     def born(self, t: Tensor, site: Any) -> None:
         """Record that host tensor ``t`` was created at ``site``."""
         self._births.set(t, frozenset((site,)))
@@ -100,13 +104,19 @@ class Intent:
         """The creation sites ``t`` derives from (empty for a device tensor or an untracked one)."""
         return self._births.get(t) or frozenset()
 
-    def propagate(self, inputs: Iterable[Tensor], outputs: Iterable[Tensor]) -> frozenset[Any]:
+    def propagate(self, inputs: Iterable[Tensor], outputs: Iterable[Tensor], mutates: bool) -> frozenset[Any]:
         """Carry intent and creation sites from an operation's inputs to its outputs.
 
-        Returns the creation sites of host inputs that met a device tensor in this operation.
+        An operation that ``mutates`` writes through its outputs into their bases too (``pad_sequence`` copies
+        each sequence into a slice of its result). Returns the creation sites of host inputs that met a device
+        tensor in this operation.
         """
+        if mutates:
+            outputs = [*outputs]
+            outputs += [out._base for out in outputs if out._base is not None]
         device = False
         sites: frozenset[Any] = frozenset()
+        met: frozenset[Any] = frozenset()
         for t in inputs:
             if self.on_device(t):
                 device = True
@@ -114,11 +124,13 @@ class Intent:
                 born = self._births.get(t)
                 if born:
                     sites = sites | born
+                    if t.dim():  # a 0-dim host tensor goes to a GPU kernel as a plain scalar: no copy
+                        met = met | born
         if device:
             for out in outputs:
                 if out.device.type == "cpu" and self._device.get(out) is None:
                     self._device.set(out, True)
-            return sites
+            return met
         if sites:
             for out in outputs:
                 self._births.set(out, sites | self.sites(out))
