@@ -52,13 +52,13 @@ from tangtoc.diagnose.calls import (
     named_args,
     two_devices,
 )
-from tangtoc.diagnose.frames import Location, user_location
-from tangtoc.diagnose.guard_dtype import Origin, dtype_mismatch
+from tangtoc.diagnose.frames import user_location
+from tangtoc.diagnose.guard_dtype import dtype_mismatch
+from tangtoc.diagnose.guard_naming import Birth, Frame, Namer
 from tangtoc.diagnose.mismatch import (
     describe_tensor,
     is_cpu_scalar,
     optimizer_state_findings,
-    plain_tensor_attributes,
     preferred_device,
 )
 from tangtoc.diagnose.roles import Role, likely_cause, role_of
@@ -102,16 +102,6 @@ _CPU_LENGTHS = CPU_LENGTHS | {torch._VF._pack_padded_sequence, torch._VF._pad_pa
 
 
 @dataclass(frozen=True, slots=True)
-class _Birth:
-    """Where a tensor was created while the guard was active."""
-
-    function: str
-    location: Location | None
-    module: str | None
-    explicit_device: bool
-
-
-@dataclass(frozen=True, slots=True)
 class OffDeviceInput:
     """An input a guarded module received on another device than its own parameters and buffers.
 
@@ -126,27 +116,6 @@ class OffDeviceInput:
     found: str
     expected: str
     calls: int
-
-
-@dataclass(slots=True)
-class _Frame:
-    """A module whose forward is running, with the inputs it was called with.
-
-    When the module's own tensors or inputs are not all on one device, ``home`` is the device they should share,
-    ``spread`` its own tensors elsewhere, ``suspects`` its inputs elsewhere, and ``where`` the user's line that
-    called it: nothing is wrong yet, but if an operation mixes one of them, the error is about this module.
-    """
-
-    module: nn.Module
-    path: str
-    args: tuple
-    kwargs: dict
-    home: torch.device | None = None
-    own: tuple[tuple[str, Tensor], ...] = ()
-    spread: tuple[tuple[str, Tensor], ...] = ()
-    suspects: tuple[tuple[str, Tensor], ...] = ()
-    where: Location | None = None
-    made: dict[torch.dtype, _Birth] | None = None  # the last floating tensor this forward created, per dtype
 
 
 class _OpMode(TorchFunctionMode):
@@ -195,8 +164,9 @@ class DeviceGuard(contextlib.ContextDecorator):
         self._handles: list[Any] = []
         self._mode: _OpMode | None = None
         self._local = threading.local()
-        self._births: dict[int, tuple[weakref.ref[Tensor], _Birth]] = {}
+        self._births: dict[int, tuple[weakref.ref[Tensor], Birth]] = {}
         self._off: Counter[tuple[str, str, str, str]] = Counter()  # (module, input, found, expected) -> calls
+        self._namer = Namer(modules, self._births, self._dotted, self._stack)
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -247,7 +217,7 @@ class DeviceGuard(contextlib.ContextDecorator):
 
     # ------------------------------------------------------------------------------------------ module layer
 
-    def _stack(self) -> list[_Frame]:
+    def _stack(self) -> list[Frame]:
         stack = getattr(self._local, "stack", None)
         if stack is None:
             stack = self._local.stack = []
@@ -257,7 +227,7 @@ class DeviceGuard(contextlib.ContextDecorator):
         # Observes, never raises: plain PyTorch accepts a module whose inputs or own tensors span devices as long as
         # no operation mixes them (an HF model moves `labels` itself; RNN `lengths` belong on the CPU). What it
         # sees is kept on the frame, so that the operation layer's error, if one comes, names this module.
-        frame = _Frame(module, self._paths[module], args, kwargs)
+        frame = Frame(module, self._paths[module], args, kwargs)
         self._stack().append(frame)
         own = [(n, t) for n, t in (*module._parameters.items(), *module._buffers.items()) if t is not None]
         own_devices = {t.device for _, t in own}
@@ -284,7 +254,7 @@ class DeviceGuard(contextlib.ContextDecorator):
                 self._suspect(frame, home, own)
                 return
 
-    def _suspect(self, frame: _Frame, home: torch.device, own: list[tuple[str, Tensor]]) -> None:
+    def _suspect(self, frame: Frame, home: torch.device, own: list[tuple[str, Tensor]]) -> None:
         """Keep the inputs of ``frame`` that are off ``home`` on the frame, and count them in the record."""
         frame.home, frame.own, frame.where = home, tuple(own), user_location()
         frame.suspects = tuple(
@@ -313,7 +283,7 @@ class DeviceGuard(contextlib.ContextDecorator):
             stack.pop()
 
     def _optimizer_hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        for f in optimizer_state_findings(optimizer, self._names()):
+        for f in optimizer_state_findings(optimizer, self._namer.names()):
             raise DeviceMismatchError(
                 f"optimizer.step() would mix devices: {f.message}\nMost likely cause: {f.cause}.\nFix: {f.fix}",
                 module=None,
@@ -327,7 +297,7 @@ class DeviceGuard(contextlib.ContextDecorator):
     def note_birth(self, t: Tensor, func: Any, explicit_device: bool) -> None:
         """Remember who created ``t`` (called by the operation layer for every creation function)."""
         stack = self._stack()
-        birth = _Birth(
+        birth = Birth(
             f"torch.{getattr(func, '__name__', func)}",
             user_location(),
             stack[-1].path if stack else None,
@@ -379,11 +349,11 @@ class DeviceGuard(contextlib.ContextDecorator):
         lines, causes, odd = [], [], []
         for path, t in named:
             if t.device == expected:
-                name = self._name_of(t)
+                name = self._namer.name_of(t)
                 lines.append(f"  `{path}`: {describe_tensor(t)}" + (f" (`{name}`)" if name else ""))
                 continue
             role = role_of(fname, path.split("[")[0])
-            who, cause = self._identify(t, role, str(expected))
+            who, cause = self._namer.identify(t, role, str(expected))
             lines.append(f"  `{path}`: {describe_tensor(t)}" + (f" — {role.term}" if role else "") + f"; {who}")
             causes.append(cause)
             odd.append(path)
@@ -426,7 +396,7 @@ class DeviceGuard(contextlib.ContextDecorator):
             func_name(func),
             named,
             model_dtype=dtypes.most_common(1)[0][0] if dtypes else None,
-            origin=self._origin,
+            origin=self._namer.origin,
             module=(stack[-1].path, type(stack[-1].module).__name__) if stack else None,
             where=user_location(),
         )
@@ -435,54 +405,7 @@ class DeviceGuard(contextlib.ContextDecorator):
                 found.message, module=found.module, culprits=found.culprits, found=found.found, expected=found.expected
             ) from error
 
-    def _origin(self, t: Tensor) -> Origin:
-        """Who ``t`` is to the user, for a dtype error, and where its dtype came from.
-
-        A parameter, a plain attribute or a tensor created under the guard is named exactly. Otherwise the
-        outermost running module with an input in ``t``'s dtype tells the story: ``t`` is that input, or was computed
-        from it; when that module is not the outermost, its caller made the dtype (its own inputs are in others).
-        """
-        name = self._name_of(t)
-        if name:
-            return Origin(f"`{name}`", f"`{name}`", weights=True)
-        attribute = self._attribute_of(t)
-        if attribute:
-            return Origin(f"`{attribute}`, a plain tensor attribute", f"`{attribute}`")
-        birth = self._birth_of(t)
-        if birth:
-            return Origin(_birth_place(birth), f"the tensor {_birth_place(birth)}")
-        stack, dtype = self._stack(), str(t.dtype).removeprefix("torch.")
-        same = [
-            [
-                (p, x)
-                for arg, v in forward_args(f.module, f.args, f.kwargs)
-                for p, x in input_tensors(v, arg)
-                if x.dtype == t.dtype
-            ]
-            for f in stack
-        ]
-        i = next((i for i, inputs in enumerate(same) if inputs), None)
-        exact = next((p for p, x in same[i] if x is t), None) if i is not None else None
-        # torch.tensor(array) inside a forward is seen (torch.from_numpy is not: it bypasses TorchFunctionMode).
-        made = next((f.made[t.dtype] for f in stack if f.made and t.dtype in f.made), None)
-        parts = [f"input `{exact}` of `{stack[i].path}`"] if exact and i is not None else []
-        if made:
-            parts.append(f"probably computed from a tensor {_birth_place(made)}")
-        elif i is not None and i > 0:
-            outer = stack[i - 1]
-            parts.append(
-                f"made {dtype} in the forward of `{outer.path}` ({type(outer.module).__name__}), whose own inputs "
-                f"are not {dtype}"
-            )
-        elif i is not None and not exact:
-            parts.append(f"probably computed from input `{same[i][0][0]}` of `{stack[i].path}`")
-        elif i is None:
-            parts.append(
-                f"made in the forward of `{stack[0].path}`" if stack else "not a tensor of the guarded modules"
-            )
-        return Origin(", ".join(parts), f"a tensor {_birth_place(made)}" if made else parts[0])
-
-    def _blame_module(self, stack: list[_Frame], named: list[tuple[str, Tensor]]) -> None:
+    def _blame_module(self, stack: list[Frame], named: list[tuple[str, Tensor]]) -> None:
         """Raise the error of the outermost running module whose off-device own tensor or input is in this call.
 
         Outermost first: the module the user called names the input as the user passed it (`token_ids` of the
@@ -503,83 +426,6 @@ class DeviceGuard(contextlib.ContextDecorator):
             return own[0].device
         return preferred_device(Counter(t.device for root in self._roots for t in root.parameters()))
 
-    def _names(self) -> dict[int, str]:
-        """``id(tensor)`` -> dotted path, for every parameter and buffer of the guarded modules."""
-        names = {}
-        for prefix, root in self.modules.items():
-            dot = f"{prefix}." if prefix else ""
-            names.update({id(t): dot + n for n, t in (*root.named_parameters(), *root.named_buffers())})
-        return names
-
-    def _name_of(self, t: Tensor) -> str | None:
-        """The dotted path of ``t`` if it is a parameter or buffer of a guarded module."""
-        return self._names().get(id(t))
-
-    def _attribute_of(self, t: Tensor) -> str | None:
-        for prefix, root in self.modules.items():
-            for path, value in plain_tensor_attributes(root, prefix):
-                if value is t:
-                    return path
-        return None
-
-    def _birth_of(self, t: Tensor) -> _Birth | None:
-        entry = self._births.get(id(t))
-        return entry[1] if entry and entry[0]() is t else None
-
-    def _input_of(self, t: Tensor) -> str | None:
-        for frame in self._stack():  # outermost first: the name the user passed it by
-            for name, value in forward_args(frame.module, frame.args, frame.kwargs):
-                for path, x in input_tensors(value, name):
-                    if x is t:
-                        return f"input `{path}` of `{frame.path}`"
-        return None
-
-    def _identify(self, t: Tensor, role: Role | None, expected: str) -> tuple[str, tuple[str, str]]:
-        """What ``t`` is (parameter, plain attribute, created at a line, an input...) and the likely cause + fix."""
-        found = str(t.device)
-        name = self._name_of(t)
-        if name:
-            return f"`{name}`", likely_cause(Role("a parameter or buffer", "weights"), found, expected)
-        known = self._provenance(t)
-        if known:
-            return known
-        given = self._input_of(t)
-        if given:
-            return given, likely_cause(role or Role("an input", "input"), found, expected)
-        derived = self._derived_from_input(t)
-        if derived:
-            return derived
-        return "not a parameter, buffer, attribute or input of the guarded modules", likely_cause(role, found, expected)
-
-    def _derived_from_input(self, t: Tensor) -> tuple[str, tuple[str, str]] | None:
-        """For a tensor computed from an off-device input (``ids[:, :-1]`` of CPU ``ids``): that input, hedged."""
-        for frame in self._stack():
-            for name, s in frame.suspects:
-                if s is not t and s.device == t.device:
-                    cause = likely_cause(Role("an input", "input"), str(t.device), str(frame.home))
-                    return f"probably computed from input `{name}` of `{frame.path}`", cause
-        return None
-
-    def _provenance(self, t: Tensor) -> tuple[str, tuple[str, str]] | None:
-        """``t`` as a plain tensor attribute or a tensor created under the guard, or (for a tensor computed from
-        one, e.g. ``self.mask[:t] == 0``) the likely source: such a tensor on the same device in a running module.
-        """
-        attribute = self._attribute_of(t)
-        if attribute:
-            return _attribute_story(attribute, "")
-        birth = self._birth_of(t)
-        if birth:
-            return _birth_story(birth, str(t.device), "")
-        for frame in reversed(self._stack()):
-            for path, value in plain_tensor_attributes(frame.module, self._dotted[frame.module]):
-                if value.device == t.device:
-                    return _attribute_story(path, "probably computed from ")
-        for ref, birth in list(self._births.values()):
-            alive = ref()
-            if alive is not None and alive.device == t.device and birth.module in {f.path for f in self._stack()}:
-                return _birth_story(birth, str(t.device), "probably computed from a tensor ")
-        return None
-
     def _left_behind(self, module: nn.Module, path: str, home: torch.device, found: str) -> tuple[str, str]:
         """Cause and fix when ``module``'s own tensors stayed on the CPU while its input is on the accelerator."""
         code = self._code[module]
@@ -590,7 +436,7 @@ class DeviceGuard(contextlib.ContextDecorator):
             + (" (and create the optimizer after that)." if next(module.parameters(), None) is not None else "."),
         )
 
-    def _spread_error(self, frame: _Frame) -> DeviceMismatchError:
+    def _spread_error(self, frame: Frame) -> DeviceMismatchError:
         own, path, home = frame.own, frame.path, frame.home
         devices = Counter(t.device for _, t in own)
         odd = frame.spread
@@ -605,7 +451,7 @@ class DeviceGuard(contextlib.ContextDecorator):
             expected=str(home),
         )
 
-    def _input_error(self, frame: _Frame) -> DeviceMismatchError:
+    def _input_error(self, frame: Frame) -> DeviceMismatchError:
         module, path, home, own, odd = frame.module, frame.path, frame.home, frame.own, frame.suspects
         assert home is not None and odd  # set together by _suspect
         kind = "parameters" if next(module.parameters(), None) is not None else "buffers"
@@ -616,7 +462,7 @@ class DeviceGuard(contextlib.ContextDecorator):
             cause = self._left_behind(module, path, home, found)
         for name, t in odd:
             role = role_of(type(module).__name__.lower(), name.split("[")[0].split(".")[0])
-            known = self._provenance(t) or self._derived_from_input(t)
+            known = self._namer.provenance(t) or self._namer.derived_from_input(t)
             if known:
                 lines.append(f"  input `{name}`: {describe_tensor(t)}; {known[0]}")
                 cause = cause or known[1]
@@ -653,31 +499,6 @@ def _is_basic_index(index: Any) -> bool:
 _check_call = torch.compiler.disable(DeviceGuard.check_call)
 _name_failure = torch.compiler.disable(DeviceGuard.name_failure)
 _note_birth = torch.compiler.disable(DeviceGuard.note_birth)
-
-
-def _attribute_story(path: str, hedge: str) -> tuple[str, tuple[str, str]]:
-    leaf = path.rsplit(".", 1)[-1].split("[")[0]
-    return f"{hedge}`{path}`, a plain tensor attribute (not a registered buffer)", (
-        f"`{path}` is a plain tensor attribute, which `model.to()` does not move",
-        f"register it in __init__: `self.register_buffer({leaf!r}, tensor, persistent=False)`.",
-    )
-
-
-def _birth_place(birth: _Birth) -> str:
-    """``created by torch.zeros at train.py:12 in the forward of `model```."""
-    at = f" at {birth.location}" if birth.location else ""
-    by = f" in the forward of `{birth.module}`" if birth.module else ""
-    return f"created by {birth.function}{at}{by}"
-
-
-def _birth_story(birth: _Birth, device: str, hedge: str) -> tuple[str, tuple[str, str]]:
-    how = "with an explicit device" if birth.explicit_device else "without device="
-    default = "" if birth.explicit_device else " (the default device)"
-    return f"{hedge}{_birth_place(birth)}, {how}", (
-        f"a tensor created {how} lands on {device}{default}",
-        f"create it where its partners are: `{birth.function}(..., device=x.device)` (x: an input of the "
-        "forward), or make it a registered buffer built once in __init__.",
-    )
 
 
 def device_guard(

@@ -18,6 +18,7 @@ import torch
 
 from tangtoc.diagnose.dtypes import dtype_cause, parse_dtype_error
 from tangtoc.diagnose.frames import Location
+from tangtoc.diagnose.guard_naming import Origin
 from tangtoc.diagnose.mismatch import describe_tensor
 
 
@@ -30,16 +31,6 @@ class DtypeMismatch:
     culprits: tuple[str, ...]
     found: str
     expected: str
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """What a tensor is to the user: ``who`` (``input `x` of `model```, ``created by torch.from_numpy at ...``),
-    ``what`` (how the cause names it) and whether it is a parameter or buffer."""
-
-    who: str
-    what: str
-    weights: bool = False
 
 
 def dtype_mismatch(
