@@ -104,6 +104,17 @@ def test_a_transformers_training_step_on_the_cpu_is_silent(name: str) -> None:
     assert guard.off_device_inputs == ()
 
 
+@pytest.mark.parametrize("build", [_gpt2, _t5], ids=["GPT2LMHeadModel", "T5ForConditionalGeneration"])
+def test_generate_with_its_cache_on_the_cpu_is_silent(build: Callable[[], nn.Module]) -> None:
+    model = build().eval()
+    ids = _batch(CPU, "tokens")["input_ids"][:, :5]
+    guard = device_guard(model)
+    with guard, torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    assert out.shape[0] == 2
+    assert guard.off_device_inputs == ()
+
+
 @pytest.mark.parametrize("build", [_gpt2, _llama], ids=["GPT2LMHeadModel", "LlamaForCausalLM"])
 def test_labels_left_on_the_cpu_are_moved_by_the_model_so_the_guard_only_records_them(
     build: Callable[[str], nn.Module],
