@@ -25,10 +25,12 @@ for _ in range({steps}):
 """
 
 
-def planted(path: Path) -> set[tuple[int, str]]:
-    """(line, what the audit must report) for every ``# planted:`` comment in ``path``."""
+def planted(path: Path, device: str = "cpu") -> set[tuple[int, str]]:
+    """(line, what the audit must report) for every ``# planted: <op>`` comment in ``path``; a ``# planted on
+    cuda: <op>`` comment counts only for a run on that device (a script may take another branch there)."""
     lines = path.read_text().splitlines()
-    return {(i, m.group(1)) for i, line in enumerate(lines, 1) if (m := re.search(r"  # planted: (.+)$", line))}
+    marks = ((i, re.search(r"  # planted(?: on (\w+))?: (.+)$", line)) for i, line in enumerate(lines, 1))
+    return {(i, m.group(2)) for i, m in marks if m and m.group(1) in (None, device)}
 
 
 def script(tmp_path: Path, body: str, name: str = "train.py") -> Path:
@@ -198,26 +200,43 @@ def test_an_unwritable_json_path_is_refused_before_the_script_runs(
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    ("name", "args", "step_source"),
-    [
-        ("nanogpt_train.py", ["--device=cpu"], "optimizer.step()"),
-        ("hf_accelerate_loop.py", [], "optimizer.step()"),
-        ("transformer_encoder_causal.py", [], "optimizer.step()"),
-        ("dataset_getitem.py", [], "optimizer.step()"),
-        ("manual_sgd.py", [], "backward()"),
-    ],
-)
+# The corpus: script, its arguments ({device}: the device it runs on), and what ends its steps.
+CORPUS_CASES = [
+    ("nanogpt_train.py", ["--device={device}"], "optimizer.step()"),
+    ("hf_accelerate_loop.py", [], "optimizer.step()"),
+    ("transformer_encoder_causal.py", [], "optimizer.step()"),
+    ("dataset_getitem.py", [], "optimizer.step()"),
+    ("manual_sgd.py", [], "backward()"),
+]
+
+
+def audit_corpus(tmp_path: Path, name: str, args: list[str], device: str) -> dict:
+    path = CORPUS / name
+    args = [a.format(device=device) for a in args]
+    if name == "nanogpt_train.py":
+        args.append(f"--out_dir={tmp_path}")
+    code, report = audit_json(tmp_path, str(path), *args, "--steps", "3")
+    assert code == 0
+    return report
+
+
+@pytest.mark.parametrize(("name", "args", "step_source"), CORPUS_CASES)
 def test_corpus_every_finding_is_at_its_planted_line_and_nothing_else_is_reported(
     tmp_path: Path, name: str, args: list[str], step_source: str
 ) -> None:
-    path = CORPUS / name
-    if name == "nanogpt_train.py":
-        args = [*args, f"--out_dir={tmp_path}"]
-    code, report = audit_json(tmp_path, str(path), *args, "--steps", "3")
-    assert code == 0
+    report = audit_corpus(tmp_path, name, args, "cpu")
     assert (report["mode"], report["step_source"], len(report["steps"])) == ("inferred", step_source, 3)
-    assert {(f["location"]["line"], f["op"]) for f in report["findings"]} == planted(path)
+    assert {(f["location"]["line"], f["op"]) for f in report["findings"]} == planted(CORPUS / name)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("name", "args", "step_source"), CORPUS_CASES)
+def test_corpus_on_cuda_what_is_observed_is_what_the_cpu_run_inferred(
+    tmp_path: Path, name: str, args: list[str], step_source: str
+) -> None:
+    report = audit_corpus(tmp_path, name, args, "cuda")
+    assert (report["mode"], report["step_source"], len(report["steps"])) == ("observed", step_source, 3)
+    assert {(f["location"]["line"], f["op"]) for f in report["findings"]} == planted(CORPUS / name, "cuda")
 
 
 def corpus_findings(tmp_path: Path, name: str) -> dict[str, dict]:

@@ -4,9 +4,10 @@ gradient accumulation, a GradScaler, eval losses collected in a CPU tensor.
     python tests/audit_corpus/nanogpt_train.py --device=cpu --max_iters=20
     tangtoc audit tests/audit_corpus/nanogpt_train.py --device=cpu --steps 3
 
-Each line the audit must report ends with ``# planted: <op>``; tests/test_cli_audit.py checks that exactly
-these are reported. The eval losses (``losses = torch.zeros(eval_iters)``, ``losses[k] = ...``), the batch
-index into the memmap (``ix``) and the causal-mask buffer stay on the CPU or move with the model: no finding.
+Each line the audit must report ends with ``# planted: <op>`` (``# planted on cuda:`` for the branch only a
+GPU run takes); tests/test_cli_audit.py checks that exactly these are reported. The eval losses
+(``losses = torch.zeros(eval_iters)``, ``losses[k] = ...``), the batch index into the memmap (``ix``) and the
+causal-mask buffer stay on the CPU or move with the model: no finding.
 """
 
 import argparse
@@ -122,9 +123,10 @@ def get_batch(split: str):
     y = torch.stack([torch.from_numpy((data[i + 1 : i + 1 + block_size]).astype(np.int64)) for i in ix])
     if device_type == "cuda":
         # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
-        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        x = x.pin_memory().to(device, non_blocking=True)  # planted on cuda: .to()
+        y = y.pin_memory().to(device, non_blocking=True)  # planted on cuda: .to()
     else:
-        x, y = x.to(device), y.to(device)  # planted: .to()
+        x, y = x.to(device), y.to(device)  # planted on cpu: .to()
     return x, y
 
 

@@ -287,10 +287,20 @@ def audit(steps: int | None = None, device: DeviceLike | None = None) -> Audit:
     Args:
         steps: stop after this many steps (raising :class:`StopAudit`, which the block swallows), or ``None``
             to audit until the block ends. Steps end at each ``step()`` of the first optimizer that steps,
-            or at each :func:`mark_step` once it has been called.
+            or at each :func:`mark_step` once it has been called; without either, at each ``backward()``
+            whose gradients were used before the next one (manual SGD).
         device: where the model computes. Default: the device of the optimizer's parameters. When it is
             the CPU, the report lists what *would* synchronize or copy on a GPU, so a loop can be cleaned
-            on a laptop before renting one.
+            on a laptop before renting one: the tensors the code moves with ``.to(device)`` (modules
+            included) or creates with ``device=``, and everything computed from them, are taken to be on
+            the GPU; reading any other tensor is no GPU sync. When the code names no device at all, every
+            host read is listed (``report.mode == "unnamed"``).
+
+    What runs before the first step outside the training loop (the loop around the call that ends the
+    first step) is set-up: counted in ``report.setup``, and listed only for CPU-born tensors that later
+    meet the device. A sync or copy a library makes on the user's behalf (``nn.TransformerEncoder``
+    checking its mask, accelerate moving a batch) is listed at the user's line that called it, with the
+    library function in ``finding.via``.
 
     Only the thread that enters the block is seen: DataLoader workers, pin-memory threads and other
     threads are not. ``torch.compile``d code runs eagerly while audited (dynamo steps aside while a dispatch
