@@ -1,7 +1,7 @@
 """``measure``: timing device work correctly (seed 6.1: synchronize when timing).
 
 A GPU runs asynchronously: ``fn()`` returns when its kernels are *queued*, not done, so timing it with
-``time.perf_counter()`` alone measures the launch, not the work. ``measure`` therefore
+the host clock alone measures the launch, not the work. ``measure`` therefore
 
 * times CUDA with events recorded on the stream (the device's own clock), and MPS/XPU by
   synchronizing before reading the host clock; the CPU needs no synchronization. Without ``device=`` it
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from tangtoc.device import DeviceLike, accelerators_in_use, resolve, synchronize
+from tangtoc.clock import Clock, HostClock, clock_for
+from tangtoc.device import DeviceLike, accelerators_in_use, resolve
 
 #: A timed block shorter than this is dominated by the clock and launch jitter, so it is grown.
 MIN_BLOCK_SECONDS = 1e-3
@@ -37,67 +37,6 @@ _MAX_NUMBER = 1 << 20
 #: At most this many timed blocks: enough for stable quartiles, and a bound on the wall time.
 MAX_RUNS = 1000
 _L2_FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2 (H100: 50 MB; B200: 126 MB)
-
-
-class Clock(Protocol):
-    """Times a region of device work. ``start`` marks the beginning; ``stop`` returns the seconds since it,
-    counting only once all work queued in between has finished."""
-
-    def start(self) -> Any: ...
-
-    def stop(self, mark: Any) -> float: ...
-
-
-class HostClock:
-    """``perf_counter`` around a synchronization of every device given (none on the CPU)."""
-
-    def __init__(self, *devices: torch.device) -> None:
-        self.devices = tuple(d for d in devices if d.type not in ("cpu", "meta"))
-
-    def start(self) -> float:
-        for d in self.devices:
-            synchronize(d)
-        return time.perf_counter()
-
-    def stop(self, mark: float) -> float:
-        for d in self.devices:
-            synchronize(d)
-        return time.perf_counter() - mark
-
-    def __str__(self) -> str:
-        if not self.devices:
-            return "host clock (perf_counter); CPU work, nothing to synchronize"
-        return f"host clock (perf_counter), synchronizing {', '.join(map(str, self.devices))} before each reading"
-
-
-class CudaEventClock:
-    """CUDA events on the current stream: the GPU's own timestamps, free of host-side jitter."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def start(self) -> torch.cuda.Event:
-        begin = torch.cuda.Event(enable_timing=True)
-        begin.record(torch.cuda.current_stream(self.device))
-        return begin
-
-    def stop(self, mark: torch.cuda.Event) -> float:
-        end = torch.cuda.Event(enable_timing=True)
-        end.record(torch.cuda.current_stream(self.device))
-        end.synchronize()
-        return mark.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
-
-    def __str__(self) -> str:
-        return f"CUDA events on the current stream of {self.device}"
-
-
-def clock_for(device: torch.device | None) -> Clock:
-    """CUDA events for one CUDA device; otherwise the host clock, synchronizing ``device`` or, when ``device`` is
-    None, every accelerator this process uses (seed 6.1: an unsynchronized clock times the launch, not the work)."""
-    if device is None:
-        in_use = accelerators_in_use()
-        return HostClock(*in_use)
-    return CudaEventClock(device) if device.type == "cuda" else HostClock(device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +158,7 @@ def measure(
     if device is None:
         in_use = accelerators_in_use()
         dev = in_use[0] if len(in_use) == 1 else torch.device("cpu")  # where flushes and graphs would go
-        clock = clock or clock_for(None)
+        clock = clock or HostClock(*in_use)
     else:
         dev = resolve(device)
         clock = clock or clock_for(dev)

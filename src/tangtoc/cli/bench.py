@@ -6,7 +6,6 @@ Exit status: 0 every case ran, 1 a case failed (the others are still reported an
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from tangtoc.bench.cases import BenchConfig, Row
 from tangtoc.bench.claims import Claim, seed_claims
 from tangtoc.cli.args import UsageError, check_writable, seconds
 from tangtoc.cli.render import console, fmt_bytes, fmt_seconds
+from tangtoc.clock import Stopwatch
 from tangtoc.device import available_devices, describe, resolve
 from tangtoc.models import GPT_SIZES
 from tangtoc.train.signals import sigterm_as_interrupt
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     cases = _cases(cfg, args)
     rows: list[Row] = []
     claims: list[Claim] = []
-    started = time.perf_counter()
+    watch = Stopwatch()
     meta = report.metadata(cfg)
 
     def save(final: bool) -> None:
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         nonlocal claims
         report.add_speedups(rows)
         claims = seed_claims(rows, cpu_threads=meta["threads"], default_threads=DEFAULT_THREADS)
-        meta["wall_s"] = time.perf_counter() - started
+        meta["wall_s"] = watch.lap()[1]
         meta["cases_done"], meta["cases_planned"] = len(rows), len(cases)
         if args.json:
             report.write_json(args.json, rows, meta, claims)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,24 +42,6 @@ class Interval:
         self.steps = self.samples = self.tokens = 0
         self.flops = 0.0
         return taken
-
-
-@dataclass(slots=True)
-class Stopwatch:
-    """Wall time between log points. The clock is read here and only here; ``clock`` is injectable."""
-
-    clock: Callable[[], float] = time.perf_counter
-    start: float = field(default=0.0)
-    last: float = field(default=0.0)
-
-    def __post_init__(self) -> None:
-        self.start = self.last = self.clock()
-
-    def lap(self) -> tuple[float, float]:
-        """(seconds since the previous lap, seconds since the start)."""
-        now = self.clock()
-        lap, self.last = now - self.last, now
-        return lap, now - self.start
 
 
 def rates(work: Interval, seconds: float, peak_flops: float | None) -> Record:

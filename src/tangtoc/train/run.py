@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from tangtoc.clock import Stopwatch
 from tangtoc.device import describe
 from tangtoc.move import fetch, to_device
 from tangtoc.train.batches import BatchStream, shard_resident, work_counter
@@ -42,7 +43,7 @@ from tangtoc.train.errors import (
     TorchOutOfMemoryError,
     TrainingOutOfMemoryError,
 )
-from tangtoc.train.metrics import Interval, MetricsLog, ProgressBar, Record, Stopwatch, plot_loss, rates
+from tangtoc.train.metrics import Interval, MetricsLog, ProgressBar, Record, plot_loss, rates
 from tangtoc.train.precision import resolve_precision, tf32_matmuls
 from tangtoc.train.signals import PreemptionHandler
 from tangtoc.train.strategies import (
