@@ -207,8 +207,7 @@ def _rebuild_object(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozen
             f"cannot move a {name} holding tensors ({_paths(obj)}): {name}.__new__ needs arguments ({e}), so no "
             f"copy can be made. Give {name} a `.to(device)` method."
         ) from e
-    outer = memo is None
-    if outer:
+    if memo is None:
         memo = _walk.memo = {}
     memo[id(obj)] = new  # before the attributes, so a reference back to obj finds the copy
     try:
