@@ -1,14 +1,15 @@
-"""measure(): statistics on a fake clock (deterministic), agreement with torch's Timer, and settings restored."""
+"""measure(): statistics on a fake clock (deterministic) and settings restored. Its agreement with torch's Timer
+is a timing question, measured in benchmarks/timer_agreement.py."""
 
 from __future__ import annotations
 
 import importlib
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
-from torch.utils import benchmark as torch_benchmark
 
 from tangtoc.bench.measure import MAX_RUNS, MIN_BLOCK_SECONDS, Measurement, measure
 
@@ -73,7 +74,10 @@ def test_spread_is_reported_and_warned_about() -> None:
             yield 3e-3
 
     m = measure(ticking(clock, alternating()), clock=clock, min_time=0.05)
-    assert m.median == pytest.approx(2e-3, rel=0.5)
+    # Blocks of one call each (1 ms is a long enough block), starting after the two warm-up calls: 1, 3, 1, 3 ms...
+    expected = [(1e-3, 3e-3)[i % 2] for i in range(m.runs)]
+    assert m.number_per_block == 1 and m.times == pytest.approx(expected)
+    assert m.median == pytest.approx(statistics.median(expected))
     assert m.iqr == pytest.approx(2e-3)
     assert m.warning is not None and "noisy: the IQR is" in m.warning
 
@@ -133,26 +137,6 @@ def test_measurement_dict_has_units_in_its_keys() -> None:
     assert d["iqr_s"] == pytest.approx(1.0)
 
 
-def test_agrees_with_torch_timer_on_a_cpu_matmul() -> None:
-    """Same op, one thread, measured alternately: medians within 10%.
-
-    The op takes tens of milliseconds so both timers use one call per block: with short blocks, a loaded
-    machine inflates the longer blocks (Timer's) more than the shorter ones (ours), a real difference in
-    method rather than an error. Three tries, since another process on a shared 2-core machine can disturb
-    one pair of measurements; a systematic error fails all three."""
-    a = torch.randn(1024, 1024)
-    ratios = []
-    for _ in range(3):
-        ours = measure(lambda: torch.mm(a, a), threads=1, min_time=0.4)
-        timer = torch_benchmark.Timer("torch.mm(a, a)", globals={"a": a, "torch": torch}, num_threads=1)
-        theirs = timer.blocked_autorange(min_run_time=0.4)
-        assert ours.number_per_block == 1
-        ratios.append(ours.median / theirs.median)
-        if abs(ratios[-1] - 1) <= 0.10:
-            break
-    assert abs(ratios[-1] - 1) <= 0.10, f"measure/Timer median ratios: {ratios}"
-
-
 @pytest.mark.cuda
 def test_forgetting_to_synchronize_mis_measures_on_cuda() -> None:
     """Seed 6.1: without synchronize(), perf_counter sees only the kernel launch."""
@@ -174,7 +158,7 @@ def test_forgetting_to_synchronize_mis_measures_on_cuda() -> None:
 def test_l2_flush_and_graph_replay_run_on_cuda() -> None:
     x = torch.randn(1 << 20, device="cuda")
     flushed = measure(lambda: x * 2, device="cuda", flush_l2=True, min_time=0.05, max_time=0.5)
-    assert flushed.number_per_block == 1 and flushed.runs <= 1000
+    assert flushed.number_per_block == 1  # an L2 flush before every call: one call per timed block
     graphed = measure(lambda: x * 2, device="cuda", cuda_graph=True, min_time=0.05)
     assert graphed.device.startswith("cuda") and graphed.median > 0
     # Whether replay is faster than eager launches is a speed question: benchmarks/gpu_check.sh judges it

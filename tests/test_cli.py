@@ -36,7 +36,17 @@ def test_doctor_json_parses_and_exit_code_matches_health(capsys: pytest.CaptureF
     data = json.loads(capsys.readouterr().out)
     assert code == (0 if data["healthy"] else 1)
     assert data["environment"]["devices"][0]["kind"] == "cpu"
-    assert {"code", "title", "detail", "fix"} <= set(data["problems"][0]) if data["problems"] else True
+
+
+def test_doctor_json_lists_each_problem_with_its_fix(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")  # a problem doctor always reports
+    code = main(["doctor", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1 and not data["healthy"]
+    (problem,) = [p for p in data["problems"] if "CUDA_LAUNCH_BLOCKING" in p["title"]]
+    assert {"code", "title", "detail", "fix"} <= set(problem) and problem["fix"]
 
 
 def test_doctor_text_shows_environment_block(capsys: pytest.CaptureFixture[str]) -> None:
