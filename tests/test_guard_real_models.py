@@ -265,3 +265,39 @@ def test_accelerate_moving_inputs_in_its_hook_is_silent() -> None:
     with guard:
         assert model(torch.randn(2, 4)).device == META
     assert guard.off_device_inputs == (OffDeviceInput("model", "input", "cpu", "meta", calls=1),)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(HF_MODELS))
+@pytest.mark.parametrize("labels_on", ["cuda", "cpu"])
+def test_on_cuda_the_guard_refuses_exactly_what_pytorch_refuses(name: str, labels_on: str) -> None:
+    # The ground truth: plain PyTorch on a GPU. A model that moves its labels itself runs; one that does not fails.
+    build, labels, extra = HF_MODELS[name]
+    torch.manual_seed(0)
+    model = build().cuda()
+    batch = {**_batch(torch.device("cuda"), labels), "labels": _batch(torch.device(labels_on), labels)["labels"]}
+    try:
+        model(**batch, **extra).loss.backward()
+    except RuntimeError as refused:  # where PyTorch refuses, the guard must refuse first, naming the labels
+        assert labels_on == "cpu", refused
+        with pytest.raises(DeviceMismatchError, match="labels"), device_guard(model):
+            model(**batch, **extra)
+        return
+    guard = device_guard(model)
+    with guard:
+        model(**batch, **extra).loss.backward()
+    moved = (OffDeviceInput("model", "labels", "cpu", "cuda:0", calls=1),) if labels_on == "cpu" else ()
+    assert guard.off_device_inputs == moved
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(TORCH_MODELS))
+def test_on_cuda_torch_nn_models_are_silent(name: str) -> None:
+    cuda = torch.device("cuda")
+    model, inputs = TORCH_MODELS[name](cuda)
+    model.to(cuda)
+    guard = device_guard(model)
+    with guard:
+        model(*inputs).float().sum().backward()
+    lengths = (OffDeviceInput("model", "lengths", "cpu", "cuda:0", calls=1),) if name.startswith("LSTM") else ()
+    assert guard.off_device_inputs == lengths
