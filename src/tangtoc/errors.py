@@ -22,3 +22,19 @@ class InvalidDeviceError(TangtocError, ValueError):
 
 class MixedDevicesError(TangtocError, ValueError):
     """An object that was expected to live on one device lives on several."""
+
+
+class UsageError(TangtocError, ValueError):
+    """A command-line flag's value that cannot work; the CLI reports it with exit status 2."""
+
+
+class WrongResultError(TangtocError, AssertionError):
+    """A benchmarked kernel's output disagrees with the float64 CPU reference: its time is not reported."""
+
+
+class DataTooLargeError(TangtocError, MemoryError):
+    """A data set asked to live on a device does not fit in the memory it may take there."""
+
+
+class CorpusError(TangtocError, ValueError):
+    """A text corpus could not be built: the path holds no readable text, or the split is impossible."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from tangtoc.bench import kernels, loops
-from tangtoc.bench.cases import BenchConfig, Case, Row, WrongResultError
+from tangtoc.bench.cases import BenchConfig, Case, Row
 from tangtoc.bench.measure import Clock, Measurement, measure
+from tangtoc.errors import WrongResultError
 
 #: Suite name -> function(config) -> cases, in the order they run.
 SUITES: dict[str, Callable[[BenchConfig], list[Case]]] = {

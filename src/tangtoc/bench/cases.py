@@ -14,6 +14,7 @@ import torch
 
 from tangtoc.bench.measure import Measurement, measure
 from tangtoc.device import DeviceInfo
+from tangtoc.errors import WrongResultError
 
 #: Largest relative error (Frobenius norm against a float64 CPU reference) accepted per dtype. A result
 #: outside it is reported as wrong and its time is not reported: a fast wrong kernel is not fast.
@@ -96,10 +97,6 @@ class Case:
     suite: str
     description: str
     run: Callable[[], Row]
-
-
-class WrongResultError(AssertionError):
-    """A benchmarked kernel's output disagrees with the float64 CPU reference."""
 
 
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:

@@ -7,11 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from tangtoc.errors import TangtocError
-
-
-class UsageError(TangtocError, ValueError):
-    """A flag's value that cannot work; the CLI reports it with exit status 2."""
+from tangtoc.errors import UsageError
 
 
 def check_writable(path: Path | None, flag: str) -> None:

@@ -12,9 +12,9 @@ from tangtoc.data.corpus import (
     synthetic_regression,
     text_corpus,
 )
-from tangtoc.data.errors import CorpusError, DataTooLargeError
 from tangtoc.data.prefetch import Prefetcher
 from tangtoc.data.resident import ResidentLoader, check_fits
+from tangtoc.errors import CorpusError, DataTooLargeError
 
 __all__ = [
     "BYTE_VOCAB",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from tangtoc.data.errors import CorpusError
 from tangtoc.device import DeviceLike, resolve
+from tangtoc.errors import CorpusError
 
 BYTE_VOCAB = 256
 DEFAULT_MAX_BYTES = 4 * 2**20

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tangtoc.data.errors import DataTooLargeError
 from tangtoc.device import DeviceLike, describe, resolve
+from tangtoc.errors import DataTooLargeError
 from tangtoc.move import pin, to_device
 
 #: Share of the device's free memory the data set may take; the rest is left for the model, its gradients,
