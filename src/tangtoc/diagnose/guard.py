@@ -273,8 +273,8 @@ class DeviceGuard(contextlib.ContextDecorator):
         A record, not a warning: plain PyTorch runs such code when the module handles the input itself, and a
         warning on every step of working code would be noise that users learn to ignore (or, under
         ``-W error``, a refusal). Read it when a step is slower than expected: an input the module moves itself
-        (``labels.to(logits.device)``) is copied on every call; moving it with the batch makes that copy
-        asynchronous. One the module needs where it is (``lengths`` on the CPU) is as it should be.
+        (``labels.to(logits.device)``) is copied inside the forward on every call; one the module needs where it
+        is (``lengths`` on the CPU) is as it should be.
         """
         return tuple(OffDeviceInput(*key, calls=n) for key, n in self._off.items())
 
