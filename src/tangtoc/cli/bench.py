@@ -18,7 +18,7 @@ from tangtoc.bench import kernels, report
 from tangtoc.bench.cases import BenchConfig, Row
 from tangtoc.bench.claims import Claim, seed_claims
 from tangtoc.cli.args import UsageError, check_writable, seconds
-from tangtoc.cli.render import console, fmt_bytes, fmt_seconds
+from tangtoc.cli.render import console, fmt_bytes, fmt_seconds, noisy_note
 from tangtoc.clock import Stopwatch
 from tangtoc.device import available_devices, describe, resolve
 from tangtoc.models import GPT_SIZES
@@ -246,11 +246,7 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"CPU baseline: {meta['threads']} thread(s) on {meta['cpu_cores']} core(s).", markup=False)
     noisy = sum(1 for r in rows if r.measurement and r.measurement.warning)
     if noisy:
-        out.print(
-            f"{noisy} measurement(s) marked (noisy): their IQR exceeds 10% of the median; another process may be "
-            "using this machine. Rerun to confirm.",
-            markup=False,
-        )
+        out.print(noisy_note(noisy), markup=False)
     written = [str(p) for p in (args.json, args.plot) if p]
     out.print(f"done in {meta['wall_s']:.0f} s" + (f"; wrote {', '.join(written)}" if written else ""))
     failed = [r for r in rows if r.error]

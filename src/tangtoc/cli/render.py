@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from tangtoc.bench.measure import NOISY_SPREAD
 from tangtoc.units import fmt_bytes, fmt_duration, fmt_flops, fmt_seconds
 
 __all__ = ["console", "fmt_bytes", "fmt_duration", "fmt_flops", "fmt_seconds", "to_json"]
@@ -32,3 +33,11 @@ def _default(obj: Any) -> Any:
 
 def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, default=_default, sort_keys=False)
+
+
+def noisy_note(count: int) -> str:
+    """The line under a table whose rows carry measurements marked (noisy)."""
+    return (
+        f"{count} measurement(s) marked (noisy): their IQR exceeds {NOISY_SPREAD:.0%} of the median; another process "
+        "may be using this machine. Rerun to confirm."
+    )
