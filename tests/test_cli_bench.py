@@ -134,3 +134,10 @@ def test_sigterm_ends_the_run_with_every_case_measured_so_far_written(tmp_path: 
     assert proc.returncode == 143 and "tangtoc bench: terminated (SIGTERM)" in err
     data = json.loads(out.read_text())
     assert 2 <= data["metadata"]["cases_done"] == len(data["rows"]) < data["metadata"]["cases_planned"] == 160
+
+
+def test_the_noisy_note_states_the_threshold_measure_uses() -> None:
+    from tangtoc.bench.measure import NOISY_SPREAD
+    from tangtoc.cli.render import noisy_note
+
+    assert noisy_note(3).startswith(f"3 measurement(s) marked (noisy): their IQR exceeds {NOISY_SPREAD:.0%} of")
