@@ -139,7 +139,8 @@ def test_real_copies_are_counted_with_bytes_and_memory_kind() -> None:
         for _ in range(2):
             x = torch.randn(4, 8).to("meta")  # audit: a real copy
             moved = tt.to_device(batch, "meta")  # audit: a copy inside a library call
-            torch.as_tensor(torch.ones(16), device="meta")  # audit: a copy only the aten layer sees
+            torch.asarray(torch.ones(16), device="meta")  # audit: a copy only the aten layer sees
+            torch.as_tensor([[1.0, 2.0]], device="meta")  # audit: host data copied at creation
             torch.empty(4, 8, device="meta").copy_(x.new_empty(4, 8, device="cpu"))  # audit: copy_
             mark_step()
     assert moved["x"].device.type == "meta"
@@ -150,8 +151,10 @@ def test_real_copies_are_counted_with_bytes_and_memory_kind() -> None:
     assert real.detail == "cpu→meta copy, pageable, blocking"
     assert by_line[line_of("a copy inside a library call")].count == 4  # two tensors per step, at the user's line
     assert by_line[line_of("a copy only the aten layer sees")].op == "aten._to_copy"
+    at_creation = by_line[line_of("host data copied at creation")]
+    assert (at_creation.op, at_creation.detail) == ("torch.as_tensor", "cpu→meta copy, pageable, blocking")
     assert by_line[line_of("copy_")].op == ".copy_()"
-    assert [s.copies for s in report.steps] == [5, 5]  # each copy once: the aten layer does not recount them
+    assert [s.copies for s in report.steps] == [6, 6]  # each copy once: the aten layer does not recount them
 
 
 def test_on_an_accelerator_cpu_reads_are_not_syncs_and_only_cpu_born_tensors_that_meet_it_are_reported() -> None:
@@ -272,6 +275,26 @@ def test_once_a_device_is_named_host_tensors_are_not_would_be_syncs() -> None:
     by_op = {f.op: f for f in report.findings}
     assert (by_op[".to()"].count, by_op[".to()"].steps_seen) == (3, 3)
     assert by_op[".cpu()"].detail == "would copy on a GPU (all on the CPU here)"
+
+
+def test_host_data_put_on_the_device_would_be_copied() -> None:
+    device = "cpu"
+    with audit() as a:
+        buffer = torch.zeros(4, device=device)
+        for step in range(2):
+            torch.tensor([step, step + 1], device=device)  # audit: a list copied to the device
+            buffer.copy_(torch.arange(4.0))  # audit: a host tensor copied in
+            torch.zeros(2).copy_(buffer[:2])  # audit: and back out
+            mark_step()
+    by_line = {f.location.line: f for f in a.report().findings if f.kind == "copy"}
+    assert found(a.report()) == {
+        (line_of("a list copied to the device"), "torch.tensor"),
+        (line_of("a host tensor copied in"), ".copy_()"),
+        (line_of("a host tensor copied in"), "torch.arange"),  # made for the device: make it there
+        (line_of("and back out"), ".copy_()"),  # the host buffer receiving it is no CPU-born finding
+    }
+    assert "copies host memory to the device" in by_line[line_of("a host tensor copied in")].why
+    assert "brings a result back to the host" in by_line[line_of("and back out")].why
 
 
 def test_a_line_naming_the_cpu_is_a_host_move_not_the_device() -> None:

@@ -180,6 +180,8 @@ class Audit:
             self._cadence = optimizer
             params = [p for g in optimizer.param_groups for p in g["params"]]
             self._model_device = params[0].device if params else None
+            for p in params:  # the model computes where the device is: it may have been moved before the audit
+                self.intent.mark(p, naming=False)
         if optimizer is self._cadence:
             self._fold_pending()
             self._end_step("optimizer.step()", enclosing_loop(sys._getframe(1)))

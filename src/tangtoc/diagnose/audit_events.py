@@ -72,6 +72,7 @@ _FACTORIES: dict[Any, str] = {f: f"torch.{f.__name__}" for f in CREATION_FUNCTIO
 # Creation from host data: its copy to the device is the finding (at the `.to` line), not the creation.
 CONVERTERS = frozenset({"torch.tensor", "torch.as_tensor", "torch.from_numpy"})
 _DATA_GET = torch._C.TensorBase.data.__get__
+_MODULE_FILE = nn.modules.module.__file__
 _TORCH_DATA_DIR = torch.utils.data.__path__[0]
 # aten operations that make the host wait, as reached from C++ or inside library calls.
 _SYNC_ATEN = {
@@ -94,8 +95,8 @@ def _same_place(target: torch.device, source: torch.device) -> bool:
 def _copy(
     op: str, src: Tensor, dst: torch.device, non_blocking: bool, where: Location | None, via: str | None = None
 ) -> EventKey | None:
-    """A real copy of ``src`` to ``dst`` (``None`` when it is already there)."""
-    if _same_place(dst, src.device):
+    """A real copy of ``src`` to ``dst`` (``None`` when it is already there, or empty: nothing moves)."""
+    if _same_place(dst, src.device) or not src.numel():
         return None
     pinned = src.is_pinned() if src.device.type == "cpu" else None
     return EventKey("copy", op, where, False, src.device.type, dst.type, pinned, non_blocking, via=via)
@@ -190,21 +191,61 @@ class Calls(TorchFunctionMode):
             a.covered -= 1
 
     def _create(self, func: Any, args: tuple, kwargs: dict, frame: FrameType) -> Any:
-        out = func(*args, **kwargs)
+        a = self.audit
+        where = user_location(frame)
+        device = kwargs.get("device")
+        to_device = device is not None and not _host_named(frame, where)  # `device=device`: the GPU in a GPU run
+        copy = self._host_data_copy(func, args, device, where, frame) if to_device else None
+        if copy is None:
+            out = func(*args, **kwargs)
+        else:
+            a.covered += 1
+            try:
+                out = func(*args, **kwargs)
+            finally:
+                a.covered -= 1
+            if out.numel():  # `torch.tensor([], device=device)` (an empty cache) moves nothing
+                a.record(copy, out)
         if not isinstance(out, Tensor) or out.device.type != "cpu":
             return out
         site = caller(frame)
-        where = user_location(frame)
-        named_device = kwargs.get("device") is not None
-        if named_device and not _host_named(frame, where):  # `device=device`: on a GPU run, the GPU
-            self.audit.intent.mark(out)
+        if to_device:
+            a.intent.mark(out)
         elif site is not None and not is_library_file(site.f_code.co_filename):
             key = EventKey(
-                "cpu-tensor", _FACTORIES[func], where, True, explicit_device=named_device, place=creation_place(site)
+                "cpu-tensor",
+                _FACTORIES[func],
+                where,
+                True,
+                explicit_device=device is not None,
+                place=creation_place(site),
             )
-            self.audit.record(key, out)
-            self.audit.intent.born(out, key)
+            a.record(key, out)
+            a.intent.born(out, key)
         return out
+
+    def _host_data_copy(
+        self, func: Any, args: tuple, device: Any, where: Location | None, frame: FrameType
+    ) -> EventKey | None:
+        """The copy that ``torch.tensor(data, device=device)`` makes of host data (a list, an array, a host tensor)."""
+        op = _FACTORIES[func]
+        if op not in CONVERTERS or not args or (isinstance(args[0], Tensor) and self.audit.intent.on_device(args[0])):
+            return None
+        target = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        on_cpu = target.type == "cpu"
+        via = library_function(caller(frame))
+        return EventKey(
+            "copy",
+            op,
+            where,
+            on_cpu,
+            "cpu",
+            "device" if on_cpu else target.type,
+            False,
+            False,
+            via=via,
+            scope="tracked" if on_cpu else "both",
+        )
 
     def _move(self, func: Any, args: tuple, kwargs: dict, frame: FrameType) -> Any:
         a = self.audit
@@ -222,9 +263,9 @@ class Calls(TorchFunctionMode):
         real = _copy(label, t, target, non_blocking, where, via)
         if real is not None:
             events.append(real)
-        elif t.device.type == "cpu":  # nothing moves on this machine: what would on a GPU?
+        elif t.device.type == "cpu" and t.numel():  # nothing moves on this machine: what would on a GPU?
             on_device = a.intent.on_device(t)
-            if on_device == to_host or (not to_host and a.intent.moved_here(t)):
+            if on_device == to_host:
                 events.append(_would_copy(label, t, to_host, where, non_blocking, via=via, scope="tracked"))
             if via is None:  # before any device is named, every move of the user's is one
                 events.append(_would_copy(label, t, func is Tensor.cpu, where, non_blocking, scope="fallback"))
@@ -237,12 +278,16 @@ class Calls(TorchFunctionMode):
             out = func(*args, **kwargs)
         finally:
             a.covered -= 1
-        if target.type == "cpu" and not to_host:
-            a.intent.mark(out, moved=out is t)
-        elif to_host and out is t and a.intent.on_device(t):
-            # On a GPU this is a new host tensor; here `.cpu()` returns `t` itself, still a "device" tensor. A
-            # view stands in for the copy, so that reading it (`x.cpu().item()`) is not taken for a second sync.
+        site = caller(frame)
+        of_module = site is not None and site.f_code.co_filename == _MODULE_FILE  # model.to() sets its tensors' data
+        if out is t and type(t) is Tensor and not of_module:
+            # On a GPU a move returns a new tensor and `t` stays where it was; here it returns `t` itself. A view
+            # stands in for the copy, so that `labels.to(device)` copies again next step, and `x.cpu().item()`
+            # is not a second sync.
             out = torch.ops.aten.alias.default(t)
+        if target.type == "cpu" and not to_host:
+            a.intent.mark(out)
+        elif to_host and (out is not t or of_module):
             a.intent.forget(out)
         return out
 
@@ -265,15 +310,15 @@ class Calls(TorchFunctionMode):
             # A host tensor's value: on a GPU it stays on the host. Only the fallback (no device named) lists it.
             return None if via else EventKey("sync", label, user_location(frame), True, scope="fallback")
         if func is Tensor.copy_ and len(args) > 1 and isinstance(args[1], Tensor):
-            src = args[1]
-            return _copy(
-                ".copy_()",
-                src,
-                t.device,
-                _non_blocking(args, kwargs, 2),
-                user_location(frame),
-                library_function(caller(frame)),
-            )
+            src, non_blocking = args[1], _non_blocking(args, kwargs, 2)
+            where, via = user_location(frame), library_function(caller(frame))
+            real = _copy(".copy_()", src, t.device, non_blocking, where, via)
+            if real is not None or src.device.type != "cpu" or t.device.type != "cpu":
+                return real
+            into_device = self.audit.intent.on_device(t)
+            if into_device == self.audit.intent.on_device(src):
+                return None
+            return _would_copy(".copy_()", src, not into_device, where, non_blocking, via=via, scope="tracked")
         return None
 
 
@@ -292,9 +337,11 @@ class Kernels(TorchDispatchMode):
         if not a.covered:
             self._observe(func, args, kwargs)
         out = func(*args, **kwargs)
-        met = a.intent.propagate(tensors_in((*args, *kwargs.values())), tensors_in((out,)), func._schema.is_mutable)
+        met = a.intent.propagate(
+            list(tensors_in((*args, *kwargs.values()))), list(tensors_in((out,))), func._schema.is_mutable
+        )
         if met:
-            a.meet(met, moved=False)
+            a.meet(met, moved=func.overloadpacket is aten.copy_)
         return out
 
     def _observe(self, func: Any, args: tuple, kwargs: dict) -> None:

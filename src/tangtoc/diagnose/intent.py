@@ -72,25 +72,18 @@ class Intent:
 
     def __init__(self) -> None:
         self.named = False
-        self._device = _WeakById()  # tensor -> True (on the device) or "moved" (became so by a no-op `.to`)
+        self._device = _WeakById()  # tensor -> True: on the device
         self._births = _WeakById()  # host tensor -> frozenset of the creation sites (EventKeys) it derives from
 
     def on_device(self, t: Tensor) -> bool:
         """Whether ``t`` is, or in a GPU run would be, on the accelerator."""
         return t.device.type != "cpu" or self._device.get(t) is not None
 
-    def moved_here(self, t: Tensor) -> bool:
-        """Whether ``t`` became a device tensor only by a ``.to(device)`` that returned it unchanged.
-
-        Such a tensor is still host memory: the next ``.to(device)`` of it would copy again on a GPU.
-        """
-        return self._device.get(t) == "moved"
-
-    def mark(self, t: Tensor, moved: bool = False) -> None:
-        """Record that ``t`` would live on the accelerator."""
-        self.named = True
-        if t.device.type == "cpu" and self._device.get(t) is None:
-            self._device.set(t, "moved" if moved else True)
+    def mark(self, t: Tensor, naming: bool = True) -> None:
+        """Record that ``t`` would live on the accelerator; ``naming``: as the script says (not as inferred)."""
+        self.named = self.named or naming
+        if t.device.type == "cpu":
+            self._device.set(t, True)
 
     def forget(self, t: Tensor) -> None:
         """Record that ``t`` is host memory (a copy back from the device, on a GPU)."""
@@ -104,16 +97,14 @@ class Intent:
         """The creation sites ``t`` derives from (empty for a device tensor or an untracked one)."""
         return self._births.get(t) or frozenset()
 
-    def propagate(self, inputs: Iterable[Tensor], outputs: Iterable[Tensor], mutates: bool) -> frozenset[Any]:
+    def propagate(self, inputs: list[Tensor], outputs: list[Tensor], mutates: bool) -> frozenset[Any]:
         """Carry intent and creation sites from an operation's inputs to its outputs.
 
-        An operation that ``mutates`` writes through its outputs into their bases too (``pad_sequence`` copies
-        each sequence into a slice of its result). Returns the creation sites of host inputs that met a device
-        tensor in this operation.
+        An operation that ``mutates`` its first input writes through it into its base too (``pad_sequence``
+        copies each sequence into a slice of its result), and does not move it: a host tensor written from
+        the device (``losses[k] = loss``, ``out.copy_(x)``) is still host memory. Returns the creation sites of
+        host inputs that met a device tensor in this operation.
         """
-        if mutates:
-            outputs = [*outputs]
-            outputs += [out._base for out in outputs if out._base is not None]
         device = False
         sites: frozenset[Any] = frozenset()
         met: frozenset[Any] = frozenset()
@@ -126,6 +117,11 @@ class Intent:
                     sites = sites | born
                     if t.dim():  # a 0-dim host tensor goes to a GPU kernel as a plain scalar: no copy
                         met = met | born
+        if mutates and inputs:
+            written = inputs[0]
+            outputs = [written] if written._base is None else [written, written._base]
+            if not self.on_device(written):
+                device, met = False, frozenset()  # the host receives: nothing of the host met the device
         if device:
             for out in outputs:
                 if out.device.type == "cpu" and self._device.get(out) is None:
