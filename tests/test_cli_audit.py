@@ -236,7 +236,10 @@ def test_corpus_on_cuda_what_is_observed_is_what_the_cpu_run_inferred(
 ) -> None:
     report = audit_corpus(tmp_path, name, args, "cuda")
     assert (report["mode"], report["step_source"], len(report["steps"])) == ("observed", step_source, 3)
-    assert {(f["location"]["line"], f["op"]) for f in report["findings"]} == planted(CORPUS / name, "cuda")
+    # Kernels that sync inside their CUDA implementation, on autograd's device threads, have no Python line:
+    # the CPU run cannot infer them, and they are not planted.
+    located = [f for f in report["findings"] if f["location"] is not None]
+    assert {(f["location"]["line"], f["op"]) for f in located} == planted(CORPUS / name, "cuda")
 
 
 def corpus_findings(tmp_path: Path, name: str) -> dict[str, dict]:
