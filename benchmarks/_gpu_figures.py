@@ -124,8 +124,18 @@ def matmul_figures(work: Path) -> list[Figure]:
     return figures
 
 
+def _link(telemetry: dict[str, Any]) -> str:
+    """The PCIe link NVML reported, which bounds every host<->device copy, with what limits it."""
+    if not telemetry.get("link_bytes_per_s"):
+        return ""
+    text = (f"; link PCIe Gen{telemetry['pcie_max_gen']} x{telemetry['pcie_max_width']}: "
+            f"{telemetry['link_bytes_per_s'] / 1e9:.1f} GB/s each way")  # fmt: skip
+    return text + "".join(f" ({limit})" for limit in telemetry.get("link_limits", []))
+
+
 def transfer_figures(work: Path) -> list[Figure]:
     rows = _gpu(_bench_rows(work / "transfer.json", "transfer"))
+    nvml = ((_load(work / "transfer.json") or {}).get("metadata") or {}).get("telemetry") or {}
     out = []
     for direction, kind, goal in (
         ("h2d", "pinned", Goal(">=", 48.0, ">= 48 GB/s")),
@@ -134,7 +144,8 @@ def transfer_figures(work: Path) -> list[Figure]:
     ):
         mine = [r for r in rows if r["case"].startswith(f"{direction} {kind}") and "gbps" in r["metrics"]]
         best = max(mine, key=lambda r: r["metrics"]["gbps"], default=None)
-        note = f"{best['case']}, {best['size'] / 2**20:g} MiB" if best else "no GPU row"
+        note = f"{best['case']}, {best['size'] / 2**20:g} MiB{_link(nvml.get(best['device'], {}))}" if best else (
+            "no GPU row")  # fmt: skip
         out.append(
             Figure(
                 "transfer",

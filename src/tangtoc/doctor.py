@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tangtoc import telemetry
 from tangtoc.device import (
     CudaFacts,
     DeviceInfo,
@@ -28,6 +29,7 @@ from tangtoc.device import (
     resolve,
 )
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError
+from tangtoc.telemetry import GpuTelemetry
 
 #: /dev/shm below this makes DataLoader workers die with "bus error" (Docker's default is 64 MiB).
 MIN_SHM_BYTES = 1 << 30
@@ -40,7 +42,7 @@ _ENV_VARS = (
     "LOCAL_RANK",
     "WORLD_SIZE",
 )
-_PACKAGES = ("tangtoc", "torch", "numpy", "rich", "matplotlib", "accelerate", "lightning", "triton")
+_PACKAGES = ("tangtoc", "torch", "numpy", "rich", "matplotlib", "accelerate", "lightning", "triton", "nvidia-ml-py")
 _C_COMPILERS = ("cc", "gcc", "clang")
 _CXX_COMPILERS = ("c++", "g++", "clang++")
 
@@ -75,6 +77,7 @@ class Environment:
     shm_bytes: int | None  # size of /dev/shm, None where there is none (macOS, Windows)
     c_compiler: str | None  # path of a C compiler (Triton builds its launchers with it)
     cxx_compiler: str | None  # path of a C++ compiler (Inductor's CPU backend needs it)
+    telemetry: tuple[GpuTelemetry, ...] = ()  # NVML's view of each GPU, where nvidia-ml-py is installed
 
 
 def _version(package: str) -> str | None:
@@ -97,18 +100,20 @@ def gather() -> Environment:
         shm: int | None = shutil.disk_usage("/dev/shm").total
     except OSError:
         shm = None
+    facts = cuda_facts()
     return Environment(
         python=sys.version.split()[0],
         platform=platform.platform(),
         cpu_model=cpu_model(),
         cpu_cores=cpu_cores(),
         packages={name: _version(name) for name in _PACKAGES},
-        cuda=cuda_facts(),
+        cuda=facts,
         devices=tuple(describe(d) for d in available_devices()),
         env_vars={k: os.environ[k] for k in _ENV_VARS if k in os.environ},
         shm_bytes=shm,
         c_compiler=_which("CC", _C_COMPILERS),
         cxx_compiler=_which("CXX", _CXX_COMPILERS),
+        telemetry=telemetry.read_all(facts.device_count),
     )
 
 
@@ -177,6 +182,8 @@ def find_problems(env: Environment) -> list[Problem]:
                 "unset CUDA_LAUNCH_BLOCKING",
             )
         )
+    for t in env.telemetry:
+        problems += _telemetry_problems(t)
     if env.shm_bytes is not None and env.shm_bytes < MIN_SHM_BYTES:
         problems.append(
             Problem(
@@ -199,6 +206,44 @@ def find_problems(env: Environment) -> list[Problem]:
             )
         )
     return problems
+
+
+def _telemetry_problems(t: GpuTelemetry) -> list[Problem]:
+    """What NVML shows that will slow training or corrupt it: a narrow or old link, a GPU held back, ECC errors."""
+    found = []
+    limits = t.link_limits()
+    if limits:
+        found.append(
+            Problem(
+                "pcie-link-limited",
+                f"cuda:{t.index}'s PCIe link is {t.link_text()}",
+                "host<->device copies (every batch that is not resident on the GPU) run at most at the link's "
+                f"speed: {'; '.join(limits)}.",
+                "move the GPU to a full x16 slot of its generation (check the BIOS PCIe settings and risers), or keep "
+                "the data resident on the GPU (tt.ResidentLoader) so the link matters less.",
+            )
+        )
+    if t.slowdowns:
+        found.append(
+            Problem(
+                "gpu-slowed-down",
+                f"cuda:{t.index} is held below its clocks: {', '.join(t.slowdowns)}",
+                f"SM clock {t.sm_clock_mhz} of {t.max_sm_clock_mhz} MHz; every measurement on it is slower than the "
+                "GPU can be.",
+                "check cooling and the power supply (nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER); rerun when it "
+                "has cooled down.",
+            )
+        )
+    if t.ecc_uncorrected:
+        found.append(
+            Problem(
+                "ecc-errors",
+                f"cuda:{t.index} reports {t.ecc_uncorrected} uncorrected ECC memory errors since the driver loaded",
+                "uncorrected errors can corrupt training silently or crash it (Xid 48/63/64 in the kernel log).",
+                "drain the GPU and ask the administrator to reset it (nvidia-smi -r) or to replace it.",
+            )
+        )
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tangtoc import bench
+from tangtoc import bench, telemetry
 from tangtoc.bench import kernels, report
 from tangtoc.bench.cases import BenchConfig, Row
 from tangtoc.bench.claims import Claim, seed_claims
@@ -193,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if not cfg.accelerators:
         out.print("No GPU present: the CPU is measured alone, and GPU comparisons are reported as not measured.")
+    gpus = {str(d): t for d in cfg.accelerators if d.type == "cuda" and (t := telemetry.read(d.index or 0))}
+    for name, t in gpus.items():  # clocks, throttling and the link explain numbers the datasheet cannot
+        out.print(f"{name} now: {t.summary()}", markup=False, soft_wrap=True)
     if args.full:
         out.print("--full: sizes up to 8192 and the real GPT-2 124M; this takes several minutes, more on a CPU.")
     cases = _cases(cfg, args)
@@ -200,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     claims: list[Claim] = []
     watch = Stopwatch()
     meta = report.metadata(cfg)
+    meta["telemetry"] = {name: t.to_dict() for name, t in gpus.items()}
 
     def save(final: bool) -> None:
         """Rewrite the JSON with every row so far, so a run killed part-way still leaves its measurements."""

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         f"NVIDIA driver: {'present' if env.cuda.driver_present else 'not found'}; "
         f"CUDA devices visible: {env.cuda.device_count}",
         *(f"device {_device_line(d)}" for d in env.devices),
+        *(f"telemetry cuda:{t.index}: {t.summary()}" for t in env.telemetry),
         "env: " + (", ".join(f"{k}={v}" for k, v in env.env_vars.items()) or "(none of the variables tangtoc reads)"),
         f"/dev/shm: {fmt_bytes(env.shm_bytes) if env.shm_bytes is not None else 'none'}; "
         f"C compiler: {env.c_compiler or 'none'}; C++ compiler: {env.cxx_compiler or 'none'}",
