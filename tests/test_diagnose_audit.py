@@ -410,3 +410,16 @@ def _manual_sgd_body(steps: int) -> None:
     for _ in range(steps):
         (w * 2).sum().backward()
         w.grad = None
+
+
+def test_a_leaf_moved_to_the_device_keeps_its_gradient() -> None:
+    device = "cpu"
+    with audit() as a:
+        w = torch.ones(3, requires_grad=True).to(device)
+        grads = []
+        for _ in range(2):
+            (w * 2).sum().backward()
+            grads.append(w.grad)
+            w.grad = None
+    assert all(g is not None for g in grads) and len(grads) == 2  # `w` is still the leaf autograd fills
+    assert a.report().step_source == "backward()"

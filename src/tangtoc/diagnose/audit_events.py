@@ -139,6 +139,10 @@ def _host_named(frame: FrameType | None, where: Location | None) -> bool:
     return names_cpu(where) or names_cpu(own)
 
 
+def _grad_leaf(t: Tensor) -> bool:
+    return t.requires_grad and t.is_leaf
+
+
 def creation_place(frame: FrameType | None) -> Place:
     """Where user code creating a tensor runs: data loading (a Dataset's ``__getitem__``, a collate function run
     by a DataLoader), a module's ``__init__``, or the training code itself."""
@@ -280,10 +284,10 @@ class Calls(TorchFunctionMode):
             a.covered -= 1
         site = caller(frame)
         of_module = site is not None and site.f_code.co_filename == _MODULE_FILE  # model.to() sets its tensors' data
-        if out is t and type(t) is Tensor and not of_module:
+        if out is t and t.device.type == "cpu" and type(t) is Tensor and not of_module and not _grad_leaf(t):
             # On a GPU a move returns a new tensor and `t` stays where it was; here it returns `t` itself. A view
             # stands in for the copy, so that `labels.to(device)` copies again next step, and `x.cpu().item()`
-            # is not a second sync.
+            # is not a second sync. (Not for a leaf that requires grad: its view would not get its `.grad`.)
             out = torch.ops.aten.alias.default(t)
         if target.type == "cpu" and not to_host:
             a.intent.mark(out)

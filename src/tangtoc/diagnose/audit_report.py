@@ -216,7 +216,7 @@ def _keeper(mode: Mode, met: set[EventKey]) -> Callable[[EventKey], bool]:
         if key.kind == "cpu-tensor":
             if mode == "unnamed":  # as before device intent: no `device=`, and not a module's own tensor
                 return not key.explicit_device and key.place != "init"
-            return site(key) in met  # a host tensor that never meets the device stays on the host in a GPU run too
+            return _site(key) in met  # a host tensor that never meets the device stays on the host in a GPU run too
         if mode == "observed":
             return not key.cpu_only
         return key.scope != ("fallback" if mode == "inferred" else "tracked")
@@ -224,7 +224,7 @@ def _keeper(mode: Mode, met: set[EventKey]) -> Callable[[EventKey], bool]:
     return keep
 
 
-def site(key: EventKey) -> EventKey:
+def _site(key: EventKey) -> EventKey:
     """A creation site: the key of the creation (or of its "meet" events) without what varies between them."""
     return EventKey("cpu-tensor", key.op, key.location, True, place=key.place)
 
@@ -259,7 +259,7 @@ def build_report(
     counted = steps or ([current] if current else [])
     device = device or _busiest_device(counted) or torch.device("cpu")
     mode: Mode = "observed" if device.type != "cpu" else ("inferred" if named else "unnamed")
-    keep = _keeper(mode, {site(k) for step in counted for k in step if k.kind == "meet"})
+    keep = _keeper(mode, {_site(k) for step in counted for k in step if k.kind == "meet"})
 
     # key without its scope -> [count, bytes, steps seen, first step, set-up count]
     totals: dict[EventKey, list[int]] = {}
