@@ -394,3 +394,13 @@ def test_dtype_cause_for_the_guard(
     got_cause, got_fix = dtype_cause(found, expected, "`x`", weights)
     assert cause in got_cause and fix in got_fix
     assert got_cause.startswith("`x` is ")
+
+
+def test_explain_passes_on_the_guards_dtype_message_unchanged() -> None:
+    from tangtoc.diagnose import DtypeMismatchError, device_guard, explain
+
+    model = torch.nn.Linear(8, 3)
+    with pytest.raises(DtypeMismatchError) as caught, device_guard(model):
+        model(torch.randn(4, 8, dtype=torch.float64))
+    assert explain(caught.value) == str(caught.value)
+    assert "float64" in str(caught.value)

@@ -2,7 +2,7 @@
 
     import tangtoc as tt
     device = tt.pick_device()               # TANGTOC_DEVICE > argument > cuda > mps > xpu > cpu
-    batch = tt.to_device(batch, device)     # dicts, lists, namedtuples, dataclasses, NumPy arrays
+    batch = tt.to_device(batch, device)     # dicts, lists, namedtuples, dataclasses, NumPy, HF batches and caches
     loss_v, acc_v = tt.fetch(loss, acc)     # many scalars, one transfer, one sync
     m = tt.measure(fn, device=device)       # synchronized, warmed up, median and IQR
     tt.fit(model, loader, steps=1000)       # resumable, preemption-safe, one sync per log interval
@@ -12,7 +12,15 @@ from tangtoc.advise import Advice, advise
 from tangtoc.bench import Measurement, measure
 from tangtoc.data import Prefetcher, ResidentLoader
 from tangtoc.device import DeviceInfo, available_devices, describe, pick_device, resolve, synchronize
-from tangtoc.diagnose import DeviceMismatchError, DeviceReport, audit, check_devices, device_guard, explain
+from tangtoc.diagnose import (
+    DeviceMismatchError,
+    DeviceReport,
+    DtypeMismatchError,
+    audit,
+    check_devices,
+    device_guard,
+    explain,
+)
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, MixedDevicesError, TangtocError
 from tangtoc.move import as_tensor, device_of, fetch, named_tensors, pin, to_cpu, to_device, to_numpy
 from tangtoc.train import CheckpointError, FitResult, NonFiniteLossError, TrainingOutOfMemoryError, fit
@@ -26,6 +34,7 @@ __all__ = [
     "DeviceMismatchError",
     "DeviceReport",
     "DeviceUnavailableError",
+    "DtypeMismatchError",
     "FitResult",
     "InvalidDeviceError",
     "Measurement",

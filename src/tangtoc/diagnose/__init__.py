@@ -2,15 +2,24 @@
 
 * :func:`check_devices` — where every parameter, buffer, input, optimizer-state and loss tensor lives, and the
   classic mismatches (plain tensor attributes, optimizer state loaded before the move...) before they crash;
-* :func:`explain` — any wording of PyTorch's device errors, in user terms, with the fix;
+* :func:`explain` — any wording of PyTorch's device errors, and of its dtype errors (NumPy's float64), in user
+  terms, with the fix;
 * :func:`device_guard` — catch a mismatch before the kernel runs and name the module, the tensor and the fix;
 * :func:`audit` — per training step, every cross-device copy, every host-device synchronization and every
   tensor born on the CPU, each at the user's ``file:line``.
 """
 
 from tangtoc.diagnose.audit import Audit, AuditReport, StopAudit, audit, mark_step
+from tangtoc.diagnose.dtypes import DtypeErrorInfo, parse_dtype_error
 from tangtoc.diagnose.explain import DeviceErrorInfo, explain, parse_device_error
-from tangtoc.diagnose.guard import DeviceGuard, DeviceMismatchError, device_guard
+from tangtoc.diagnose.guard import (
+    DeviceGuard,
+    DeviceMismatchError,
+    DtypeMismatchError,
+    GuardError,
+    OffDeviceInput,
+    device_guard,
+)
 from tangtoc.diagnose.mismatch import DeviceReport, Finding, Placement, check_devices
 
 __all__ = [
@@ -20,7 +29,11 @@ __all__ = [
     "DeviceGuard",
     "DeviceMismatchError",
     "DeviceReport",
+    "DtypeErrorInfo",
+    "DtypeMismatchError",
     "Finding",
+    "GuardError",
+    "OffDeviceInput",
     "Placement",
     "StopAudit",
     "audit",
@@ -29,4 +42,5 @@ __all__ = [
     "explain",
     "mark_step",
     "parse_device_error",
+    "parse_dtype_error",
 ]

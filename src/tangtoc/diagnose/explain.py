@@ -182,9 +182,9 @@ def explain(error: BaseException | str, model: nn.Module | None = None, inputs: 
     :func:`~tangtoc.diagnose.check_devices` finds. Messages that are neither get a short note saying so,
     never an exception, so ``explain`` is safe inside an ``except`` block.
     """
-    from tangtoc.diagnose.guard import DeviceMismatchError
+    from tangtoc.diagnose.guard import GuardError
 
-    if isinstance(error, DeviceMismatchError):
+    if isinstance(error, GuardError):
         return str(error)  # the guard's message already names the module, the tensors and the fix
     text = error if isinstance(error, str) else str(error)
     location = None if isinstance(error, str) else _raised_at(error)
