@@ -38,3 +38,8 @@ class DataTooLargeError(TangtocError, MemoryError):
 
 class CorpusError(TangtocError, ValueError):
     """A text corpus could not be built: the path holds no readable text, or the split is impossible."""
+
+
+class OutputError(TangtocError, OSError):
+    """A result file could not be written (no space, no permission, a symlink or device at the path); the message
+    says which file and why. The work that produced the result is done: callers still show it."""

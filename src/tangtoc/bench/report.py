@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 import sys
 from collections import defaultdict
@@ -21,6 +20,7 @@ import torch
 from tangtoc.bench.cases import BenchConfig, Row
 from tangtoc.bench.claims import Claim
 from tangtoc.device import cpu_cores, cpu_model
+from tangtoc.files import write_atomic
 
 
 def add_speedups(rows: Sequence[Row]) -> None:
@@ -59,11 +59,10 @@ def metadata(cfg: BenchConfig, argv: Sequence[str] | None = None) -> dict[str, A
 
 
 def write_json(path: Path, rows: Iterable[Row], meta: dict[str, Any], claims: Iterable[Claim] = ()) -> None:
-    """Write every row with its measurement and the metadata; replaced atomically so a reader never sees half."""
+    """Write every row with its measurement and the metadata; replaced atomically so a reader never sees half.
+    Raises :class:`~tangtoc.errors.OutputError` when the file cannot be written."""
     data = {"metadata": meta, "rows": [r.to_dict() for r in rows], "seed_claims": [asdict(c) for c in claims]}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2))
 
 
 def plot(path: Path, rows: Sequence[Row]) -> None:
@@ -114,5 +113,7 @@ def plot(path: Path, rows: Sequence[Row]) -> None:
         ax_s.axhline(1, color="grey", linewidth=0.8)
     fig.suptitle("tangtoc bench: " + ", ".join(sorted({r.device for r in rows})) + f" | torch {torch.__version__}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")  # PNG whatever the name: plot.out stays plot.out
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, dpi=110, format="png"))  # PNG whatever the name
+    finally:
+        plt.close(fig)

@@ -7,7 +7,8 @@ import math
 import os
 from pathlib import Path
 
-from tangtoc.errors import UsageError
+from tangtoc.errors import OutputError, UsageError
+from tangtoc.files import check_target
 
 
 def check_writable(path: Path | None, flag: str) -> None:
@@ -19,14 +20,18 @@ def check_writable(path: Path | None, flag: str) -> None:
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'out.json'}.")
     try:
+        check_target(path)  # a symlink or a device node at the path is refused before the work, not after
+    except OutputError as e:
+        raise UsageError(f"{flag}: {e}") from None
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(
             f"{flag}: cannot create the folder {path.parent}: {e.strerror}. Choose a writable path."
         ) from None
-    target = path if path.exists() else path.parent
-    if not os.access(target, os.W_OK):
-        raise UsageError(f"{flag}: cannot write {path}: permission denied. Choose a writable path.")
+    # The file is replaced by a new one made in its folder, so the folder must be writable, whatever the file is.
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{flag}: cannot write {path}: permission denied in {path.parent}. Choose a writable path.")
 
 
 def seconds(text: str) -> float:

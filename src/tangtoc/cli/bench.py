@@ -20,7 +20,8 @@ from tangtoc.bench.claims import Claim, seed_claims
 from tangtoc.cli.args import UsageError, check_writable, seconds
 from tangtoc.cli.render import console, fmt_bytes, fmt_seconds, noisy_note
 from tangtoc.clock import Stopwatch
-from tangtoc.device import available_devices, describe, resolve
+from tangtoc.device import available_devices, cpu_cores, describe, resolve
+from tangtoc.errors import OutputError
 from tangtoc.models import GPT_SIZES
 from tangtoc.train.signals import sigterm_as_interrupt
 
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(float(s)) for s in text.split(","))
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "nan"; "inf", "1e400"
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers like 256,1024, got {text!r}"
         ) from None
@@ -89,8 +90,10 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     unknown = [s for s in args.suites if s not in bench.SUITES]
     if unknown:
         raise UsageError(f"unknown suite {', '.join(map(repr, unknown))}; the suites are: {', '.join(bench.SUITES)}.")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}.")
+    if args.threads is not None and not 1 <= args.threads <= cpu_cores():
+        # torch.set_num_threads(100000) crashes the process; more threads than cores only take turns.
+        raise UsageError(f"--threads must be between 1 and {cpu_cores()} (the cores this process may use), got "
+                         f"{args.threads}.")  # fmt: skip
     if args.token_budget <= 0:
         raise UsageError(f"--token-budget must be positive, got {args.token_budget}.")
     if args.device:
@@ -201,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     cases = _cases(cfg, args)
     rows: list[Row] = []
     claims: list[Claim] = []
+    unwritten: dict[Path, str] = {}
     watch = Stopwatch()
     meta = report.metadata(cfg)
     meta["telemetry"] = {name: t.to_dict() for name, t in gpus.items()}
@@ -212,10 +216,17 @@ def run(args: argparse.Namespace) -> int:
         claims = seed_claims(rows, cpu_threads=meta["threads"], default_threads=DEFAULT_THREADS)
         meta["wall_s"] = watch.lap()[1]
         meta["cases_done"], meta["cases_planned"] = len(rows), len(cases)
-        if args.json:
-            report.write_json(args.json, rows, meta, claims)
-        if final and args.plot and rows:
-            report.plot(args.plot, rows)
+        # A file that cannot be written (disk full, folder gone read-only) must not lose the measurements: the
+        # tables are still printed, and the failure is reported once, at the end, with exit status 1.
+        for path, write in ((args.json, lambda: report.write_json(args.json, rows, meta, claims)),
+                            (args.plot if final and rows else None, lambda: report.plot(args.plot, rows))):  # fmt: skip
+            if path is None:
+                continue
+            try:
+                write()
+                unwritten.pop(path, None)
+            except OutputError as e:
+                unwritten[path] = str(e)
 
     try:
         # SIGTERM (a `timeout`, a scheduler) ends the run like Ctrl-C: the rows measured so far are written.
@@ -251,7 +262,10 @@ def run(args: argparse.Namespace) -> int:
     noisy = sum(1 for r in rows if r.measurement and r.measurement.warning)
     if noisy:
         out.print(noisy_note(noisy), markup=False)
-    written = [str(p) for p in (args.json, args.plot) if p]
+    written = [str(p) for p in (args.json, args.plot) if p and p not in unwritten]
     out.print(f"done in {meta['wall_s']:.0f} s" + (f"; wrote {', '.join(written)}" if written else ""))
+    for why in unwritten.values():
+        console(stderr=True).print(f"tangtoc bench: error: {why} The measurements are in the tables above.",
+                                   markup=False)  # fmt: skip
     failed = [r for r in rows if r.error]
-    return 1 if failed else 0
+    return 1 if failed or unwritten else 0
