@@ -207,6 +207,7 @@ CORPUS_CASES = [
     ("transformer_encoder_causal.py", [], "optimizer.step()"),
     ("dataset_getitem.py", [], "optimizer.step()"),
     ("manual_sgd.py", [], "backward()"),
+    ("lstm_packed.py", [], "optimizer.step()"),
 ]
 
 
@@ -258,6 +259,10 @@ def test_corpus_syncs_and_copies_inside_libraries_name_the_library_function(tmp_
     causal = corpus_findings(tmp_path, "transformer_encoder_causal.py")["bool(tensor) / if tensor:"]
     assert causal["via"] == "torch.nn.modules.transformer._detect_is_causal_mask"
     assert "`encoder(x, mask=mask, is_causal=True)`" in causal["fix"]
+    _, lstm = audit_json(tmp_path, str(CORPUS / "lstm_packed.py"), "--steps", "3")
+    (packing,) = [f for f in lstm["findings"] if f["via"]]
+    assert packing["via"] == "torch.nn.utils.rnn.pack_padded_sequence"
+    assert "pass `enforce_sorted=True`" in packing["fix"]
 
 
 def test_corpus_advice_fits_the_place(tmp_path: Path) -> None:

@@ -140,11 +140,14 @@ class Audit:
         where: Any = key if self._setup is not None else (key, user_stack(sys._getframe(1)))
         _count(self._current, where, 1, 0 if tensor is None else tensor.numel() * tensor.element_size())
 
-    def meet(self, sites: frozenset[EventKey], moved: bool) -> None:
-        """Host tensors made at ``sites`` met the device (``moved``: by a ``.to(device)``) in this step."""
+    def meet(self, sites: frozenset[EventKey], moved: bool, data_only: bool = False) -> None:
+        """Host tensors made at ``sites`` met the device (``moved``: by a ``.to(device)``) in this step.
+
+        ``data_only``: count only sites in data loading (a library moved the tensors).
+        """
         for site in sites:
             # Host data turned into a tensor and moved: the copy is the finding, at its own line.
-            if not (moved and site.op in CONVERTERS):
+            if not (moved and site.op in CONVERTERS) and not (data_only and site.place != "data"):
                 self.record(EventKey("meet", site.op, site.location, True, place=site.place), None)
 
     def mark_step(self) -> None:

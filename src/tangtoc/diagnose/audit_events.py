@@ -74,6 +74,20 @@ CONVERTERS = frozenset({"torch.tensor", "torch.as_tensor", "torch.from_numpy"})
 _DATA_GET = torch._C.TensorBase.data.__get__
 _MODULE_FILE = nn.modules.module.__file__
 _TORCH_DATA_DIR = torch.utils.data.__path__[0]
+# aten operations that take host tensors next to device ones by design: lengths and batch sizes of packed
+# sequences and CTC (see calls.CPU_LENGTHS for their Python names).
+_HOST_BY_DESIGN = frozenset(
+    {
+        aten._pack_padded_sequence,
+        aten._pad_packed_sequence,
+        aten.lstm,
+        aten.gru,
+        aten.rnn_tanh,
+        aten.rnn_relu,
+        aten.ctc_loss,
+        aten._ctc_loss,
+    }
+)
 # aten operations that make the host wait, as reached from C++ or inside library calls.
 _SYNC_ATEN = {
     aten._local_scalar_dense: ".item()",
@@ -132,11 +146,27 @@ def _target(func: Any, args: tuple, kwargs: dict) -> tuple[torch.device | None, 
     return device, _non_blocking(args, kwargs, 2)
 
 
+# Functions that bring tensors to the host by name: a `.to(device)` inside them is a move to the CPU.
+_HOST_FUNCTIONS = frozenset({"cpu", "to_cpu", "to_numpy", "fetch", "numpy", "tolist"})
+
+
 def _host_named(frame: FrameType | None, where: Location | None) -> bool:
-    """Whether the call's own line (a library's, when a library made it) or the user's line names the CPU."""
+    """Whether a move or creation targets the CPU by name rather than through a ``device`` that resolved to it.
+
+    Said by the line that made the call (``x.cpu()``, ``"cpu"``): the user's, or the library's own line when a
+    library made it; or by the name of a library function it ran in (``tt.to_cpu``, ``tt.fetch``).
+    """
     site = caller(frame)
-    own = None if site is None else Location(site.f_code.co_filename, site.f_lineno, site.f_code.co_name)
-    return names_cpu(where) or names_cpu(own)
+    if site is None or not is_library_file(site.f_code.co_filename):
+        return names_cpu(where)
+    if names_cpu(Location(site.f_code.co_filename, site.f_lineno, site.f_code.co_name)):
+        return True
+    f: FrameType | None = site
+    while f is not None and is_library_file(f.f_code.co_filename):
+        if f.f_code.co_name in _HOST_FUNCTIONS:
+            return True
+        f = f.f_back
+    return False
 
 
 def _grad_leaf(t: Tensor) -> bool:
@@ -274,7 +304,9 @@ class Calls(TorchFunctionMode):
             if via is None:  # before any device is named, every move of the user's is one
                 events.append(_would_copy(label, t, func is Tensor.cpu, where, non_blocking, scope="fallback"))
         if not to_host:
-            a.meet(a.intent.sites(t), moved=True)
+            # A library moving what it derived (pack_padded_sequence's sort order) is its own copy, reported as
+            # such; it confirms only the data loading it moves for the user (accelerate, tangtoc: the batch).
+            a.meet(a.intent.sites(t), moved=True, data_only=via is not None and not via.startswith("tangtoc."))
         for event in dict.fromkeys(events):
             a.record(event, t)
         a.covered += 1
@@ -344,7 +376,7 @@ class Kernels(TorchDispatchMode):
         met = a.intent.propagate(
             list(tensors_in((*args, *kwargs.values()))), list(tensors_in((out,))), func._schema.is_mutable
         )
-        if met:
+        if met and func.overloadpacket not in _HOST_BY_DESIGN:
             a.meet(met, moved=func.overloadpacket is aten.copy_)
         return out
 

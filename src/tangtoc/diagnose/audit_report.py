@@ -323,6 +323,10 @@ _LIBRARY_FIXES = {
         "drop the mask when it has none); batches without padding need no attention_mask; with padding this read "
         "is inside transformers, one per forward"
     ),
+    "torch.nn.utils.rnn.pack_padded_sequence": (
+        "with `enforce_sorted=False` it sorts the lengths on the CPU and copies the order to the device at every "
+        "call: sort each batch by length where it is built (the collate function) and pass `enforce_sorted=True`"
+    ),
     "accelerate.data_loader": (
         "accelerate's prepared DataLoader copies every batch to the device as you iterate: pin the batches "
         "(`DataLoader(..., pin_memory=True)`) and let accelerate copy without blocking "
