@@ -327,6 +327,10 @@ _LIBRARY_FIXES = {
         "with `enforce_sorted=False` it sorts the lengths on the CPU and copies the order to the device at every "
         "call: sort each batch by length where it is built (the collate function) and pass `enforce_sorted=True`"
     ),
+    "tangtoc.move.fetch": (
+        "this is the sync a log interval is meant to cost (on a GPU, one packed copy for all the values): keep "
+        "the interval long enough that it does not show, e.g. every 100 steps"
+    ),
     "accelerate.data_loader": (
         "accelerate's prepared DataLoader copies every batch to the device as you iterate: pin the batches "
         "(`DataLoader(..., pin_memory=True)`) and let accelerate copy without blocking "
@@ -345,8 +349,8 @@ def _library_advice(key: EventKey, why: str, fix: str) -> tuple[str, str]:
         return why, known
     if key.kind == "sync":
         fix = (
-            "it happens inside the library: look for an argument of this call that spares the read (a hint such "
-            "as `is_causal=`, a value you already know), or make the call less often"
+            "it happens inside the library: look for an argument of this call that spares the read (a hint that "
+            "tells the library what it would check), or make the call less often"
         )
     return why, fix
 
