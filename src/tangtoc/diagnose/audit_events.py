@@ -88,6 +88,7 @@ _HOST_BY_DESIGN = frozenset(
         aten._ctc_loss,
     }
 )
+_MUTATES: dict[Any, bool] = {}  # aten overload -> whether it writes into its first argument (its schema, cached)
 # aten operations that make the host wait, as reached from C++ or inside library calls.
 _SYNC_ATEN = {
     aten._local_scalar_dense: ".item()",
@@ -373,9 +374,10 @@ class Kernels(TorchDispatchMode):
         if not a.covered:
             self._observe(func, args, kwargs)
         out = func(*args, **kwargs)
-        met = a.intent.propagate(
-            list(tensors_in((*args, *kwargs.values()))), list(tensors_in((out,))), func._schema.is_mutable
-        )
+        mutates = _MUTATES.get(func)
+        if mutates is None:
+            mutates = _MUTATES[func] = func._schema.is_mutable
+        met = a.intent.propagate(list(tensors_in((*args, *kwargs.values()))), list(tensors_in((out,))), mutates)
         if met and func.overloadpacket not in _HOST_BY_DESIGN:
             a.meet(met, moved=func.overloadpacket is aten.copy_)
         return out

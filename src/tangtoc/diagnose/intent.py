@@ -47,19 +47,30 @@ def tensors_in(args: Iterable[Any]) -> Iterator[Tensor]:
             yield from (t for t in a if isinstance(t, Tensor))
 
 
+class _Ref(weakref.ref):
+    """A weak reference that carries its key and value (one object per tracked tensor, no closure)."""
+
+    __slots__ = ("key", "value")
+
+
 class _WeakById:
     """Tensor -> value, by identity, forgetting each tensor when it is freed (tensors compare by value)."""
 
     def __init__(self) -> None:
-        self._items: dict[int, tuple[weakref.ref[Tensor], Any]] = {}
+        self._items: dict[int, _Ref] = {}
+
+    def _drop(self, ref: _Ref) -> None:
+        if self._items.get(ref.key) is ref:  # not a newer tensor's entry under a reused id
+            del self._items[ref.key]
 
     def set(self, t: Tensor, value: Any) -> None:
-        key = id(t)
-        self._items[key] = (weakref.ref(t, lambda _, key=key: self._items.pop(key, None)), value)
+        ref = _Ref(t, self._drop)
+        ref.key, ref.value = id(t), value
+        self._items[ref.key] = ref
 
     def get(self, t: Tensor) -> Any:
-        item = self._items.get(id(t))
-        return item[1] if item is not None and item[0]() is t else None
+        ref = self._items.get(id(t))
+        return ref.value if ref is not None and ref() is t else None
 
 
 class Intent:
