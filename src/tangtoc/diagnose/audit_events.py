@@ -170,8 +170,11 @@ def _host_named(frame: FrameType | None, where: Location | None) -> bool:
     return False
 
 
-def _grad_leaf(t: Tensor) -> bool:
-    return t.requires_grad and t.is_leaf
+def _aliasable(t: Tensor) -> bool:
+    """Whether a view can stand in for ``t``'s copy: a plain dense tensor that is not an autograd leaf (a view of
+    a leaf would not receive its ``.grad``)."""
+    dense = type(t) is Tensor and t.layout is torch.strided and not t.is_quantized
+    return dense and not (t.requires_grad and t.is_leaf)
 
 
 def creation_place(frame: FrameType | None) -> Place:
@@ -317,10 +320,10 @@ class Calls(TorchFunctionMode):
             a.covered -= 1
         site = caller(frame)
         of_module = site is not None and site.f_code.co_filename == _MODULE_FILE  # model.to() sets its tensors' data
-        if out is t and t.device.type == "cpu" and type(t) is Tensor and not of_module and not _grad_leaf(t):
+        if out is t and t.device.type == "cpu" and not of_module and _aliasable(t):
             # On a GPU a move returns a new tensor and `t` stays where it was; here it returns `t` itself. A view
             # stands in for the copy, so that `labels.to(device)` copies again next step, and `x.cpu().item()`
-            # is not a second sync. (Not for a leaf that requires grad: its view would not get its `.grad`.)
+            # is not a second sync.
             out = torch.ops.aten.alias.default(t)
         if target.type == "cpu" and not to_host:
             a.intent.mark(out)

@@ -331,6 +331,7 @@ _LIBRARY_FIXES = {
         "this is the sync a log interval is meant to cost (on a GPU, one packed copy for all the values): keep "
         "the interval long enough that it does not show, e.g. every 100 steps"
     ),
+    "tangtoc.move.to_": _BACK,  # tt.to_cpu, tt.to_numpy: bringing results back is their job
     "accelerate.data_loader": (
         "accelerate's prepared DataLoader copies every batch to the device as you iterate: pin the batches "
         "(`DataLoader(..., pin_memory=True)`) and let accelerate copy without blocking "
