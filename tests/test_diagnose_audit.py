@@ -77,6 +77,7 @@ def test_every_host_side_read_is_found_at_its_line_on_a_cpu_machine() -> None:
     }
     assert found(report) == planted
     assert report.device == "cpu" and report.cpu_only
+    assert report.mode == "unnamed"  # no device named (only "cpu" literally): every host read is listed
     assert all(f.cpu_only for f in report.findings)
     (item,) = [f for f in report.findings if f.op == ".item()"]
     assert item.detail == "would synchronize on a GPU (all on the CPU here)"
@@ -225,6 +226,8 @@ def test_report_serialises_to_json() -> None:
         sync_heavy_steps(5)
     data = json.loads(json.dumps(a.report().to_dict()))
     assert data["device"] == "cpu" and data["stopped_at_limit"] is True
+    assert data["mode"] == "unnamed" and data["setup"]["step"] == 0
+    assert {"via", "first_step", "setup_count"} <= set(data["findings"][0])
     assert data["cost_model"]["sync_seconds"] > 0
     first = data["findings"][0]
     assert {"file", "line", "function", "code"} == set(first["location"])
