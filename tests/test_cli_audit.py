@@ -58,6 +58,9 @@ def test_every_planted_sync_copy_and_cpu_tensor_of_the_example_is_found_at_its_l
     assert "The script names a device, so what it moves or creates there" in out
     assert "listed are the lines that would synchronize or copy on a GPU" in out
     assert "loss = loss.mean() + 0.1 * hard.mean()" not in out  # only planted lines are listed
+    assert "torch.randn — tensor created on the CPU; 1× in set-up, before the first step" in out
+    assert "create it on the device once, in set-up (`torch.randn(..., device=device)`)" in out
+    assert "set-up (before the first step, outside the loop): 0 sync, 4 copy" in out  # model.to(device): not listed
 
 
 def test_the_fixed_example_is_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
