@@ -273,9 +273,19 @@ def test_an_operand_on_the_accelerator_among_cpu_tensors_is_not_told_to_go_there
     assert "Culprit: `tensors` (one of the tensors joined) is on cuda:0; the other tensors are on cpu." in text
     assert (
         "Fix: move what stayed behind: `model.to('cuda:0')` and `batch = tt.to_device(batch, 'cuda:0')`, and "
-        "create new tensors with `device=x.device`; if you meant to run on the CPU, bring `tensors` back instead "
+        "create new tensors with `device=x.device`; if you meant to run on the CPU, bring this one back instead "
         "(`.cpu()`)." in text
     )
+
+
+def test_the_guard_path_addresses_the_side_left_on_the_cpu_too() -> None:
+    # The guard and check_devices reach the same rule through likely_cause: a loss weight already on the
+    # accelerator must not be told to go there.
+    from tangtoc.diagnose.roles import Role, likely_cause
+
+    cause, fix = likely_cause(Role("the class weights of the loss", "loss-weights"), "cuda:0", "cpu")
+    assert cause.startswith("the class weights of the loss is on cuda:0 while the operation's other tensors")
+    assert "w.to(" not in fix and fix.startswith("move what stayed behind: `model.to('cuda:0')`")
 
 
 def test_the_articles_own_sentence_is_recognised_by_its_stem() -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from tangtoc.diagnose.dtypes import DtypeErrorInfo, describe_side, dtype_cause, parse_dtype_error
 from tangtoc.diagnose.frames import is_library_file, short_path
 from tangtoc.diagnose.mismatch import DeviceReport, check_devices
-from tangtoc.diagnose.roles import Role, describe_op, is_host, likely_cause, role_of
+from tangtoc.diagnose.roles import Role, describe_op, likely_cause, role_of
 from tangtoc.diagnose.wordings import DeviceErrorInfo, parse_device_error
 
 __all__ = ["DeviceErrorInfo", "DtypeErrorInfo", "explain", "parse_device_error", "parse_dtype_error"]
@@ -32,8 +32,6 @@ _GENERIC_ROLES = {
     "weight": Role("a layer's weight", "weights"),
     "bias": Role("a layer's bias", "weights"),
 }
-# The roles for which likely_cause already names the side left behind when the culprit is the accelerator one.
-_SIDED_KINDS = frozenset({"input", "index", "target", "hidden", "mask", "weights"})
 
 
 def _raised_at(error: BaseException) -> str | None:
@@ -70,20 +68,7 @@ def _placement_cause(info: DeviceErrorInfo, role: Role | None) -> tuple[str, str
     """The cause and the fix, addressed to the side that has to move."""
     if info.cause and info.fix:
         return info.cause, info.fix
-    culprit, others = info.culprit_device, info.expected_device
-    kind = role.kind if role else "operand"
-    if culprit and others and is_host(others) and not is_host(culprit) and kind not in _SIDED_KINDS:
-        # The named tensor is the one on the accelerator: it cannot be told to go there. What stayed behind
-        # on the CPU is everything else, usually because the model or the batch was never moved.
-        what = f"`{info.argument}`" if info.argument else "one tensor"
-        return (
-            f"{what} is on {culprit} while the operation's other tensors are on the CPU: the model or the batch "
-            f"was not moved (or the others were created without `device=`), and {what} was",
-            f"move what stayed behind: `model.to('{culprit}')` and `batch = tt.to_device(batch, '{culprit}')`, "
-            f"and create new tensors with `device=x.device`; if you meant to run on the CPU, bring {what} back "
-            "instead (`.cpu()`).",
-        )
-    return likely_cause(role, culprit, others)
+    return likely_cause(role, info.culprit_device, info.expected_device)
 
 
 def _explain_placement(info: DeviceErrorInfo, location: str | None, model: nn.Module | None, inputs: Any) -> str:

@@ -377,6 +377,16 @@ def likely_cause(role: Role | None, culprit: str | None, others: str | None) -> 
                 "the input was not moved: the layer is on the accelerator but its input is on the CPU",
                 f"move the batch before the forward pass: `batch = tt.to_device(batch, {target})`.",
             )
+        # Any other tensor already on the accelerator cannot be told to go there: what stayed behind on the CPU is
+        # everything else, usually because the model or the batch was never moved.
+        what = role.term if role else "this tensor"
+        return (
+            f"{what} is on {culprit} while the operation's other tensors are on the CPU: the model or the batch was "
+            "not moved (or the others were created without `device=`)",
+            f"move what stayed behind: `model.to({target})` and `batch = tt.to_device(batch, {target})`, and create "
+            "new tensors with `device=x.device`; if you meant to run on the CPU, bring this one back instead "
+            "(`.cpu()`).",
+        )
     causes: dict[str, tuple[str, str]] = {
         "input": (
             "the batch (or a tensor made from it) was not moved to the model's device",
