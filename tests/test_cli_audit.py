@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -298,3 +299,82 @@ def test_a_script_that_raises_before_its_first_step_reports_the_error(
         err
     )
     assert "finished without calling optimizer.step()" not in err
+
+
+def test_an_interrupted_audit_reports_the_steps_done_marked_partial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = TRAIN_LOOP.format(steps=2) + "model(torch.ones(1, 2)).sum().item()\nraise KeyboardInterrupt\n"
+    out_json = tmp_path / "r.json"
+    assert main(["audit", str(script(tmp_path, body)), "--steps", "5", "--json", str(out_json)]) == 130
+    captured = capsys.readouterr()
+    assert "2 step(s) (steps end at optimizer.step(); PARTIAL: interrupted after 2 of 5 steps)" in captured.out
+    assert "tangtoc audit: interrupted; the report above is partial: it covers the 2 step(s) before." in captured.err
+    report = json.loads(out_json.read_text())
+    assert len(report["steps"]) == 2
+    assert report["run"] == {"exit_status": 130, "error": None, "interrupted": True}
+
+
+THREADED_LOOP = """
+import threading, torch
+model = torch.nn.Linear(2, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+done = []
+def work():
+    for _ in range(4):
+        loss = model(torch.ones(1, 2)).sum()
+        loss.backward()
+        opt.step()
+        loss.item()
+    done.append(True)
+threads = [threading.Thread(target=work) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("workers finished:", len(done))
+"""
+
+
+def test_steps_in_other_threads_are_neither_stopped_nor_reported_clean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", str(script(tmp_path, THREADED_LOOP)), "--steps", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "workers finished: 2" in captured.out  # no stop exception was raised in the workers
+    assert (
+        "Not seen: 8 optimizer step(s) taken in other threads. Only the thread that runs the script is audited; "
+        "what those threads sync or copy is not in this report." in captured.out
+    )
+    assert "No syncs, copies or CPU-born tensors found" not in captured.out
+    assert "ran its 8 optimizer step(s) in other threads than the one that runs the script" in captured.err
+
+
+def test_a_folder_is_said_to_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", str(tmp_path)]) == 2
+    assert f"tangtoc audit: error: {str(tmp_path)!r} is a folder, not a script." in capsys.readouterr().err
+
+
+def test_a_script_python_refuses_for_its_encoding_is_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "latin.py"
+    path.write_bytes(b"# caf\xe9\n" + f"open({str(marker)!r}, 'w').close()\n".encode())
+    assert main(["audit", str(path)]) == 1
+    assert (
+        f"tangtoc audit: {path} is not valid utf-8 text (byte b'\\xe9' at offset 5: invalid continuation byte), "
+        "so Python refuses to run it and nothing was run." in capsys.readouterr().err
+    )
+    assert not marker.exists()
+
+
+def test_an_ascii_terminal_gets_ascii_not_a_crash(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tangtoc", "audit", str(EXAMPLE), "--steps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "    x[bool mask] -- would synchronize on a GPU (all on the CPU here); 1.0x/step, ~20 us/step" in proc.stdout

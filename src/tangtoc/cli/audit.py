@@ -10,12 +10,9 @@ was stopped after N steps), 1 when it raised or had no steps to audit, 2 for a u
 from __future__ import annotations
 
 import argparse
-import os
-import runpy
+import codecs
 import sys
-import traceback
 from pathlib import Path
-from types import TracebackType
 
 from rich.console import Console
 
@@ -28,6 +25,7 @@ from tangtoc.diagnose.audit_report import (
     SYNC_SECONDS,
     AuditReport,
 )
+from tangtoc.diagnose.runner import ScriptError, ScriptRun, load_script, run_script
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_STEPS = 10
@@ -91,46 +89,8 @@ def _own_options(args: argparse.Namespace) -> tuple[int, str | None, list[str]] 
     return n, json_file, script_args
 
 
-def _user_traceback(tb: TracebackType | None, script: str) -> TracebackType | None:
-    """``tb`` from the script's first frame on: tangtoc's and runpy's frames are not the user's."""
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != script:
-        tb = tb.tb_next
-    return tb
-
-
-def _exit_code(code: object) -> int:
-    """What `python SCRIPT` exits with for ``sys.exit(code)``."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
-
-
-def _run_script(path: Path, script_args: list[str], audit: Audit) -> tuple[int, str | None]:
-    """Run the script under ``audit`` as `python` would: its exit status, and the error it raised, if it did
-    (``"ValueError: no such column"``; its traceback is shown)."""
-    script = str(path)
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
-    sys.argv = [script, *script_args]
-    sys.path.insert(0, str(path.resolve().parent))
-    try:
-        with audit:
-            runpy.run_path(script, run_name="__main__")
-        return 0, None
-    except SystemExit as e:
-        return _exit_code(e.code), None
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:  # the script's own error: shown as `python SCRIPT` would show it
-        traceback.print_exception(type(e), e, _user_traceback(e.__traceback__, str(path.resolve())))
-        return EXIT_FAILED, "".join(traceback.format_exception_only(type(e), e)).strip()
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-
-
 def run(args: argparse.Namespace) -> int:
+    ascii_fallback()
     err = console(stderr=True)
     options = _own_options(args)
     if isinstance(options, str):
@@ -142,34 +102,36 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         check_writable(Path(json_file) if json_file else None, "--json")
+        path = load_script(args.script)
     except UsageError as e:
         _say(err, f"tangtoc audit: error: {e}")
         return EXIT_USAGE
-    path = Path(args.script)
-    if not path.is_file():
-        _say(
-            err,
-            f"tangtoc audit: error: no such file: {args.script!r}. Give the path of a Python script, as you would "
-            "to `python`.",
-        )
-        return EXIT_USAGE
-    try:
-        compile(path.read_bytes(), str(path), "exec")
-    except SyntaxError as e:
-        _say(err, f"tangtoc audit: {path} has a syntax error, so nothing was run:")
-        print("".join(traceback.format_exception_only(type(e), e)), end="", file=sys.stderr)
+    except ScriptError as e:
+        _say(err, f"tangtoc audit: {e}")
         return EXIT_FAILED
     audit = Audit(steps)
-    status, error = _run_script(path, script_args, audit)
+    run = run_script(path, script_args, audit)
     report = audit.report()
-    _render(report, str(path), steps)
+    _render(report, str(path), steps, run)
     if json_file:
-        Path(json_file).write_text(to_json(report.to_dict()) + "\n")
+        Path(json_file).write_text(to_json({**report.to_dict(), "run": run.to_dict()}) + "\n")
         _say(console(), f"JSON report written to {json_file}")
-    if error is not None:
-        covered = f"the {len(report.steps)} step(s)" if report.steps else "the run (it ended before its first step)"
-        _say(err, f"tangtoc audit: {path} raised {error}; the report covers {covered} before the error.")
-        return status
+    covered = f"the {len(report.steps)} step(s)" if report.steps else "the run (it ended before its first step)"
+    if run.interrupted:
+        _say(err, f"tangtoc audit: interrupted; the report above is partial: it covers {covered} before.")
+        return run.status
+    if run.error is not None:
+        _say(err, f"tangtoc audit: {path} raised {run.error}; the report covers {covered} before the error.")
+        return run.status
+    status = run.status
+    if report.other_thread_steps and not report.steps:
+        _say(
+            err,
+            f"tangtoc audit: {path} ran its {report.other_thread_steps} optimizer step(s) in other threads than the "
+            "one that runs the script; the audit sees only that thread, so those steps were not audited. Audit the "
+            "function a thread runs by calling it in the main thread (one worker), or with `tt.audit()` inside it.",
+        )
+        return status or EXIT_FAILED
     if report.step_source is None:
         _say(
             err,
@@ -184,6 +146,26 @@ def run(args: argparse.Namespace) -> int:
 def _say(where: Console, text: str) -> None:
     """Print ``text`` as is: no markup (code has brackets), no wrapping (file:line and code stay on one line)."""
     where.print(text, markup=False, soft_wrap=True)
+
+
+# What the reports write outside ASCII, in ASCII, for a terminal or pipe that cannot take it.
+_ASCII = {"—": "--", "µ": "u", "×": "x", "→": "->", "≤": "<=", "≥": ">=", "…": "...", "·": "."}
+
+
+def _to_ascii(e: UnicodeError) -> tuple[str, int]:
+    assert isinstance(e, UnicodeEncodeError)
+    return "".join(_ASCII.get(c, "?") for c in e.object[e.start : e.end]), e.end
+
+
+codecs.register_error("tangtoc.ascii", _to_ascii)
+
+
+def ascii_fallback() -> None:
+    """Let stdout and stderr write what their encoding lacks (``PYTHONIOENCODING=ascii``, a C locale) as ASCII
+    instead of raising UnicodeEncodeError after the work is done: "—" becomes "--", "µs" "us"."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", "strict") == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="tangtoc.ascii")
 
 
 _MODES = {
@@ -207,17 +189,27 @@ def _when(n_steps: int, seen: int, first: int, setup_count: int) -> str:
     return f" (and {setup})" if setup else ""
 
 
-def _render(report: AuditReport, script: str, asked: int) -> None:
+def _render(report: AuditReport, script: str, asked: int, run: ScriptRun) -> None:
     out = console()
     n = len(report.steps)
     source = f"steps end at {report.step_source}" if report.step_source else "no steps: the whole run"
     if report.step_source == "backward()":
         source += ", as no optimizer.step() was seen"
     ended = "" if report.stopped or not report.step_source else f"; the script ended after {n} of {asked} steps"
+    if run.interrupted:
+        ended = f"; PARTIAL: interrupted after {n} of {asked} steps"
     _say(out, f"tangtoc audit: {script}: {n} step(s) ({source}{ended}); model on {report.device}")
+    if report.other_thread_steps:
+        _say(
+            out,
+            f"Not seen: {report.other_thread_steps} optimizer step(s) taken in other threads. Only the thread that "
+            "runs the script is audited; what those threads sync or copy is not in this report.",
+        )
     if report.mode in _MODES:
         _say(out, _MODES[report.mode])
-    if not report.findings:
+    if not report.findings and report.other_thread_steps:
+        _say(out, "Nothing found in the script's own thread; the steps in other threads were not audited.")
+    elif not report.findings:
         out.print("[green]No syncs, copies or CPU-born tensors found in the audited steps.[/green]")
     per = max(n, 1)
     for i, f in enumerate(report.findings, 1):

@@ -17,17 +17,18 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from tangtoc.device import DeviceLike, resolve
 from tangtoc.diagnose.audit_events import CONVERTERS, Calls, Kernels
 from tangtoc.diagnose.audit_report import AuditReport, EventKey, Events, build_report
 from tangtoc.diagnose.frames import Loop, enclosing_loop, user_location, user_stack
 from tangtoc.diagnose.intent import Intent
+from tangtoc.diagnose.runner import Steps, StopScript, mark_step
 from tangtoc.errors import TangtocError
 
 Tensor = torch.Tensor
@@ -35,15 +36,12 @@ Tensor = torch.Tensor
 _Raw = dict[tuple[EventKey, tuple[tuple[str, int], ...]], list[int]]
 
 
-class StopAudit(BaseException):
-    """Raised at the end of the last step asked for; :class:`Audit` swallows it on exit.
-
-    A ``BaseException`` (like ``KeyboardInterrupt``) so that a training loop's ``except Exception`` does
-    not catch it and keep going.
-    """
+class StopAudit(StopScript):
+    """Raised at the end of the last step asked for; :class:`Audit` swallows it on exit (see
+    :class:`~tangtoc.diagnose.runner.StopScript`)."""
 
     def __init__(self, audit: Audit, steps: int) -> None:
-        super().__init__(f"tangtoc audit: stopped after {steps} step(s), as asked")
+        super().__init__(audit, f"tangtoc audit: stopped after {steps} step(s), as asked")
         self.audit = audit
 
 
@@ -97,16 +95,7 @@ def _leaves(loss: Tensor) -> list[Tensor]:
 
 _active: Audit | None = None
 _active_lock = threading.Lock()
-
-
-def mark_step() -> None:
-    """End the current step of the active :func:`audit` (a no-op when none is active).
-
-    For loops without an optimizer (evaluation, custom updates) or with several: once called, steps are
-    counted only from these marks. Put it at the end of each iteration.
-    """
-    if _active is not None:
-        _active.mark_step()
+__all__ = ["Audit", "AuditReport", "StopAudit", "audit", "mark_step"]
 
 
 class Audit:
@@ -124,15 +113,14 @@ class Audit:
         self._steps: list[Events] = []
         self._current: dict[Any, list[int]] = {}
         self._source: str | None = None
-        self._cadence: torch.optim.Optimizer | None = None
         self._model_device: torch.device | None = None
+        self.steps = Steps(self._on_step, self._on_optimizer)
         # backward() as the step, for loops without an optimizer: the events up to the last backward(), where
         # that call was, and the gradients it left (to see whether they were used before the next one).
         self._pending: dict[Any, list[int]] | None = None
         self._pending_loop: Loop | None = None
         self._grads: list[tuple[weakref.ref[Tensor], int, int]] = []
         self._modes: list[Any] = []
-        self._hook: Any = None
         self._real_synchronize: Any = None
 
     def record(self, key: EventKey, tensor: Tensor | None) -> None:
@@ -150,10 +138,15 @@ class Audit:
             if not (moved and site.op in CONVERTERS) and not (data_only and site.place != "data"):
                 self.record(EventKey("meet", site.op, site.location, True, place=site.place), None)
 
-    def mark_step(self) -> None:
-        """End the current step; from the first call on, optimizer steps no longer end steps."""
+    def _on_step(self, source: str, frame: FrameType) -> None:
         self._fold_pending()
-        self._end_step("mark_step()", enclosing_loop(sys._getframe(1)))
+        self._end_step(source, enclosing_loop(frame))
+
+    def _on_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._model_device = params[0].device if params else None
+        for p in params:  # the model computes where the device is: it may have been moved before the audit
+            self.intent.mark(p, naming=False)
 
     def _end_step(self, source: str, loop: Loop | None, events: dict[Any, list[int]] | None = None) -> None:
         """End a step made of ``events`` (default: everything since the last step)."""
@@ -176,22 +169,9 @@ class Audit:
             self._current = _add_into(self._pending, self._current)
             self._pending = None
 
-    def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self._source == "mark_step()":
-            return
-        if self._cadence is None:  # the first optimizer that steps sets the cadence (a GAN has two)
-            self._cadence = optimizer
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            self._model_device = params[0].device if params else None
-            for p in params:  # the model computes where the device is: it may have been moved before the audit
-                self.intent.mark(p, naming=False)
-        if optimizer is self._cadence:
-            self._fold_pending()
-            self._end_step("optimizer.step()", enclosing_loop(sys._getframe(1)))
-
     def backward(self, func: Any, args: tuple, kwargs: dict, frame: FrameType) -> Any:
         """Run ``loss.backward()``; without an optimizer, each backward() whose gradients were used is a step."""
-        counting = self._cadence is None and self._source != "mark_step()"
+        counting = self.steps.cadence is None and not self.steps.marked
         if counting:
             if self._pending is not None:
                 if self._grads_used():
@@ -216,7 +196,7 @@ class Audit:
         return not self._grads
 
     def _synchronize(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.stopped:
+        if not self.stopped and self.steps.owns():
             self.record(EventKey("sync", "torch.cuda.synchronize()", user_location(), False), None)
         return self._real_synchronize(*args, **kwargs)
 
@@ -230,7 +210,7 @@ class Audit:
                 )
             _active = self
         try:
-            self._hook = register_optimizer_step_post_hook(self._on_optimizer_step)
+            self.steps.install()
             self._real_synchronize = torch.cuda.synchronize
             torch.cuda.synchronize = self._synchronize
             for mode in (Calls(self), Kernels(self)):
@@ -251,9 +231,7 @@ class Audit:
             while self._modes:
                 self._modes.pop().__exit__(None, None, None)
         finally:
-            if self._hook is not None:
-                self._hook.remove()
-                self._hook = None
+            self.steps.uninstall()
             if self._real_synchronize is not None:
                 torch.cuda.synchronize = self._real_synchronize
                 self._real_synchronize = None
@@ -269,7 +247,7 @@ class Audit:
         setup = self._setup or {}
         if self._setup is None and steps:  # one step, by backward(), still raw: split it here
             setup, steps[0] = _split(steps[0], self._pending_loop)
-        return build_report(
+        report = build_report(
             steps,
             _plain(current),
             setup,
@@ -278,6 +256,7 @@ class Audit:
             self.device or self._model_device,
             self.intent.named,
         )
+        return replace(report, other_thread_steps=self.steps.other_thread_steps)
 
 
 def audit(steps: int | None = None, device: DeviceLike | None = None) -> Audit:
@@ -308,7 +287,9 @@ def audit(steps: int | None = None, device: DeviceLike | None = None) -> Audit:
     library function in ``finding.via``.
 
     Only the thread that enters the block is seen: DataLoader workers, pin-memory threads and other
-    threads are not. ``torch.compile``d code runs eagerly while audited (dynamo steps aside while a dispatch
+    threads are not. Optimizer steps taken in other threads neither end a step nor stop the audit; their number
+    is in ``report.other_thread_steps``, so that a loop run in threads is reported as unseen, not as clean.
+    ``torch.compile``d code runs eagerly while audited (dynamo steps aside while a dispatch
     mode is active), so its operations are seen one by one. What a C++ extension does inside (its own
     copies or reads) is not seen, nor are syncs outside PyTorch's tensor API (CUDA events and streams,
     collectives, the caching allocator).

@@ -172,7 +172,8 @@ class AuditReport:
     GPU) and ``"unnamed"`` when it never does (every host read is listed as a would-be sync). Without step
     boundaries (``step_source`` is ``None``), the findings cover the whole run. ``setup`` counts what ran
     before the first step outside the training loop; of it only CPU-born tensors that later meet the device
-    are listed as findings.
+    are listed as findings. ``other_thread_steps`` counts optimizer steps taken in other threads than the audited
+    one: their syncs and copies were not seen.
     """
 
     device: str
@@ -183,6 +184,7 @@ class AuditReport:
     events_after_last_step: int
     mode: Mode = "observed"
     setup: StepSummary | None = None
+    other_thread_steps: int = 0  # optimizer steps taken in threads other than the audited one: not seen
 
     @property
     def cpu_only(self) -> bool:
@@ -195,6 +197,7 @@ class AuditReport:
             "step_source": self.step_source,
             "stopped_at_limit": self.stopped,
             "events_after_last_step": self.events_after_last_step,
+            "other_thread_steps": self.other_thread_steps,
             "cost_model": {
                 "sync_seconds": SYNC_SECONDS,
                 "copy_latency_seconds": COPY_LATENCY_SECONDS,
