@@ -43,3 +43,13 @@ class CorpusError(TangtocError, ValueError):
 class OutputError(TangtocError, OSError):
     """A result file could not be written (no space, no permission, a symlink or device at the path); the message
     says which file and why. The work that produced the result is done: callers still show it."""
+
+
+class BatchStructureError(TangtocError, ValueError):
+    """A batch cannot be walked: it contains itself (a cycle of lists, dicts, tuples or dataclasses), or it is
+    nested deeper than Python's recursion limit. The message names the path."""
+
+
+class UnmovableError(TangtocError, TypeError):
+    """An object in a batch that :func:`~tangtoc.move.to_device` cannot move faithfully (an iterator it would
+    consume, an object it cannot copy); the message names it and says what to pass instead."""

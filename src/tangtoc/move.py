@@ -22,8 +22,8 @@ moved attributes; ``torch.device`` attributes become the target (a cache layer's
 its tensors) and, with ``float_dtype``, floating ``torch.dtype`` attributes become it. The caller's object is
 left as it was; inside one object, an object reached twice (shared, or a cycle) is copied once. An object
 holding nothing to move is returned as is, shared with the caller like a tensor already on the device.
-Where such a copy would be wrong, :func:`to_device` refuses with a ``TypeError`` that names the tensors it
-would leave behind, never silently:
+Where such a copy would be wrong, :func:`to_device` refuses with an :class:`~tangtoc.errors.UnmovableError`
+(a ``TypeError``) that names the tensors it would leave behind, never silently:
 
 * the object holds a module or a model's ``nn.Parameter`` (an optimizer, a trainer): a moved copy would no
   longer share them with the model;
@@ -36,6 +36,13 @@ Mappings built on ``collections.UserDict`` (transformers' ``BatchEncoding``, ``B
 as mappings even though they have a ``.to``: their ``.to`` moves in place and returns the same object, skips
 nested lists of tensors (``BatchEncoding``) and ignores ``skip_keys``. They are copied with ``copy.copy`` (every
 other attribute, e.g. a ``BatchEncoding``'s encodings, is kept) and given the moved values.
+
+**Shapes no walk can take.** A subclass of list, tuple or set whose constructor takes other arguments than an
+iterable is rebuilt the way ``copy`` does it (its builtin base's ``__new__``, the items, its ``__dict__``), without
+``__init__``. Refused, with the path from the top of the batch (``batch['input'][2]``): an iterator (a generator,
+``map``, ``zip``), whose contents cannot be seen without consuming them, with an ``UnmovableError``; a batch that
+contains itself through lists, dicts, tuples or dataclasses (a cycle through an object ends, see above), or one
+nested deeper than Python's recursion limit, with a :class:`~tangtoc.errors.BatchStructureError`.
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ import copy
 import dataclasses
 import enum
 import functools
+import io
+import sys
 import threading
+import traceback
 import types
 from collections import UserDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
@@ -55,15 +65,16 @@ import torch
 from torch import nn
 
 from tangtoc.device import DeviceLike, resolve, synchronize
-from tangtoc.errors import MixedDevicesError
+from tangtoc.errors import BatchStructureError, MixedDevicesError, UnmovableError
 
 T = TypeVar("T")
 NonBlocking = bool | Literal["auto"]
 
 # Kinds of objects the walker meets. The first five are leaves that a caller's function converts. A _RECORD
-# (a torch.device or dtype) is kept as it is, except as an attribute of an _OBJECT (see the objects rule).
+# (a torch.device or dtype) is kept as it is, except as an attribute of an _OBJECT (see the objects rule). An
+# _ITERATOR is refused: what it holds cannot be seen without consuming it.
 (_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO, _MAPPING, _NAMEDTUPLE, _SEQUENCE, _SET, _DATACLASS, _OBJECT, _RECORD,
- _ATOM) = range(13)  # fmt: skip
+ _ITERATOR, _ATOM) = range(14)  # fmt: skip
 _LEAVES = frozenset((_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO))
 _ATOM_TYPES = (str, bytes, bytearray, int, float, complex, type(None), range, slice)
 # Instances of these have a __dict__ but are code, not data; a Python module's namespace reaches everything.
@@ -102,6 +113,10 @@ def _classify(tp: type) -> int:
         return _DATACLASS
     if issubclass(tp, (torch.device, torch.dtype)):
         return _RECORD
+    # Generators, map, zip, a DataLoader's iterator... Open files are iterators too, but data a batch may carry
+    # along (their lines are not its tensors): they stay objects, walked like any other.
+    if issubclass(tp, Iterator) and not issubclass(tp, io.IOBase):
+        return _ITERATOR
     if (tp.__dictoffset__ or _slot_names(tp)) and not issubclass(tp, _CODE_TYPES):
         return _OBJECT
     return _ATOM
@@ -143,13 +158,13 @@ def _rebuild(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[str
     if kind == _SEQUENCE:
         items = [_rebuild(v, leaf, skip_keys) for v in obj]
         tp = type(obj)
-        return items if tp is list else tuple(items) if tp is tuple else tp(items)
+        return items if tp is list else tuple(items) if tp is tuple else _remake_collection(obj, items)
     if kind == _NAMEDTUPLE:
         return type(obj)(
             *(v if f in skip_keys else _rebuild(v, leaf, skip_keys) for f, v in zip(obj._fields, obj, strict=True))
         )
     if kind == _SET:
-        return type(obj)(_rebuild(v, leaf, skip_keys) for v in obj)
+        return _remake_collection(obj, [_rebuild(v, leaf, skip_keys) for v in obj])
     if kind == _DATACLASS:
         # Copy it and set each field, which works for frozen and slotted classes alike and, unlike
         # calling __init__, keeps init=False fields and does not rerun __post_init__.
@@ -161,7 +176,54 @@ def _rebuild(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[str
         return new
     if kind == _OBJECT:
         return _rebuild_object(obj, leaf, skip_keys)
+    if kind == _ITERATOR:
+        raise _IteratorInBatch(obj)  # _walk_batch names where it is
     return obj  # a _RECORD outside an object: a device or dtype that is data, kept
+
+
+class _IteratorInBatch(Exception):
+    """Raised by the walk at an iterator; :func:`_walk_batch` turns it into an :class:`UnmovableError` with its path."""
+
+
+def _walk_batch(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[str]) -> Any:
+    """:func:`_rebuild` of a whole batch. The walk keeps no paths (it runs on every batch of a training loop), so
+    when it meets something it cannot walk, the batch is walked again, on this error path only, to name where."""
+    try:
+        return _rebuild(obj, leaf, skip_keys)
+    except _IteratorInBatch as e:
+        it = e.args[0]
+        where = next((f" at {_from_top(p)}" for p, x in _named_leaves(obj, "", set()) if x is it), "")
+        raise UnmovableError(
+            f"cannot move a {type(it).__qualname__}{where}: it is an iterator, and to_device cannot see what it "
+            "holds without consuming it (whoever reads it next would find it empty). Fix: pass a list, e.g. "
+            "`list(...)`, or move each item as you iterate: `for batch in batches: batch = tt.to_device(batch, "
+            "device)` (tt.Prefetcher does that while the previous step runs)."
+        ) from None
+    except (RecursionError, BatchStructureError) as e:
+        _check_walkable(obj, e)
+        raise
+
+
+def _check_walkable(obj: Any, error: RecursionError | BatchStructureError) -> None:
+    """Raise :class:`BatchStructureError` naming the path from the top of ``obj`` when it contains itself, or
+    when ``error`` is the walk running out of Python's stack; return when ``error`` came from elsewhere (a
+    leaf's own ``.to`` that recursed forever is not the batch's fault)."""
+    try:
+        for _ in _named_leaves(obj, "", set()):  # raises at a cycle, with its path from the top
+            pass
+    except RecursionError:
+        pass  # deeper than the path-naming walk can go: the batch is too deep, said below
+    if not isinstance(error, RecursionError):
+        return
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    if sum(f.f_code.co_filename == __file__ for f in frames) * 2 < len(frames):
+        return  # most of the stack is someone else's code
+    levels = sum(f.f_code is _rebuild.__code__ for f in frames)
+    raise BatchStructureError(
+        f"the batch is nested deeper than Python's recursion limit ({sys.getrecursionlimit()}) lets to_device "
+        f"walk: it was {levels} containers deep when it stopped. Flatten it (e.g. a list of tensors instead of "
+        "lists inside lists), or raise the limit with sys.setrecursionlimit()."
+    ) from None
 
 
 _MISSING = object()
@@ -187,7 +249,7 @@ def _rebuild_object(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozen
         # issubclass, not isinstance: nn.Parameter's metaclass makes isinstance slow, once per tensor held.
         owned = [path for path, x in held if issubclass(type(x), (nn.Module, nn.Parameter))]
         if owned:
-            raise TypeError(
+            raise UnmovableError(
                 f"cannot move a {name}: it holds a model's modules or parameters ({_some(owned)}), and a moved "
                 "copy would no longer share them with the model. Move the model with `model.to(device)` and create "
                 "or load this object after the move (an optimizer: `optimizer.load_state_dict(...)` moves its state)."
@@ -195,7 +257,7 @@ def _rebuild_object(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozen
     elif next(_named_leaves(obj, "", set()), None) is None:  # the first leaf is enough to know
         return obj
     if _slot_names(tp):
-        raise TypeError(
+        raise UnmovableError(
             f"cannot move a {name}: it keeps attributes in __slots__, which tangtoc does not copy, and holds "
             f"tensors that would be left behind ({_paths(obj)}). Give {name} a `.to(device)` method that returns "
             "the moved object, or make it a dataclass."
@@ -203,7 +265,7 @@ def _rebuild_object(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozen
     try:
         new = tp.__new__(tp)
     except TypeError as e:
-        raise TypeError(
+        raise UnmovableError(
             f"cannot move a {name} holding tensors ({_paths(obj)}): {name}.__new__ needs arguments ({e}), so no "
             f"copy can be made. Give {name} a `.to(device)` method."
         ) from e
@@ -252,10 +314,33 @@ def _remake_mapping(obj: Mapping, items: dict) -> Mapping:
             out = copy.copy(obj)
             out.update(items)
             return out
-        raise TypeError(
+        raise UnmovableError(
             f"cannot rebuild a {tp.__qualname__}: its constructor does not take a dict and it is not mutable. "
             "Give it a `.to(device)` method, or pass its contents as a dict."
         ) from None
+
+
+def _remake_collection(obj: list | tuple | set | frozenset, items: list) -> Any:
+    """A subclass of list, tuple, set or frozenset rebuilt with ``items``: by its constructor, or, when that takes
+    other arguments (``Pair(first, second)``), the way copy and pickle make one: its builtin base's ``__new__``,
+    the items, then its other attributes, without calling ``__init__``."""
+    tp = type(obj)
+    try:
+        return tp(items)
+    except TypeError:
+        if all(new is old for new, old in zip(items, obj, strict=True)):
+            return obj  # nothing inside moved: keep it (sys.version_info's type cannot be called at all)
+    if isinstance(obj, (tuple, frozenset)):
+        new = (tuple if isinstance(obj, tuple) else frozenset).__new__(tp, items)
+    elif isinstance(obj, list):
+        new = list.__new__(tp)
+        list.extend(new, items)
+    else:
+        new = set.__new__(tp)
+        set.update(new, items)
+    if tp.__dictoffset__:
+        vars(new).update(vars(obj))
+    return new
 
 
 def _array_to_tensor(arr: np.ndarray) -> torch.Tensor | None:
@@ -338,7 +423,7 @@ def _move(
         except TypeError:
             return x.to(target)
 
-    out = _rebuild(obj, leaf, skip_keys)
+    out = _walk_batch(obj, leaf, skip_keys)
     for src in pending:
         # A non-blocking device->host copy is not complete when .to() returns: wait once per source
         # device, so the caller never reads a half-written buffer.
@@ -364,8 +449,9 @@ def to_device(
     ``TypeError`` naming the tensors that would be left behind (the objects rule in the module docstring).
     Any other object with its own ``.to`` is moved by it; modules are moved in place and returned;
     strings, numbers, Python lists of numbers and ``None`` pass through (lists stay lists: use
-    :func:`as_tensor` for one tensor). Apart from modules and objects moved by their own ``.to``, the
-    caller's containers and objects are never changed. A tensor already on ``device`` is returned as is,
+    :func:`as_tensor` for one tensor). Iterators, cycles of containers and nesting past the recursion limit
+    are refused with the path (the module docstring). Apart from modules and objects moved by their own
+    ``.to``, the caller's containers and objects are never changed. A tensor already on ``device`` is returned as is,
     without a copy. NumPy arrays and scalars become tensors of
     the same dtype (see the module docstring).
 
@@ -414,7 +500,7 @@ def to_numpy(obj: Any) -> Any:
         return x.resolve_conj().resolve_neg().numpy()
 
     # Two passes on purpose: the arrays must not be read before to_cpu's single sync has completed them.
-    return _rebuild(to_cpu(obj), leaf, frozenset())
+    return _walk_batch(to_cpu(obj), leaf, frozenset())
 
 
 def as_tensor(obj: Any, device: DeviceLike | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -509,7 +595,7 @@ def fetch(*values: torch.Tensor | Scalar | np.generic) -> tuple[Scalar, ...]:
 
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     """``obj`` rebuilt with its own container types, ``fn`` applied to every tensor; everything else is kept."""
-    return _rebuild(obj, lambda x, kind: fn(x) if kind == _TENSOR else x, frozenset())
+    return _walk_batch(obj, lambda x, kind: fn(x) if kind == _TENSOR else x, frozenset())
 
 
 def pin(obj: T) -> T:
@@ -526,7 +612,7 @@ def pin(obj: T) -> T:
             return x.pin_memory()
         return x
 
-    return _rebuild(obj, leaf, frozenset())
+    return _walk_batch(obj, leaf, frozenset())
 
 
 def named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -545,31 +631,56 @@ def named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tenso
                 yield dot + name, t
 
 
-def _named_leaves(obj: Any, prefix: str, seen: set[int]) -> Iterator[tuple[str, Any]]:
-    """``(path, leaf)`` for every tensor, module, numeric NumPy value and object with its own ``.to`` in
-    ``obj``. ``seen`` holds the ids of the objects walked so far, so a cycle through an object ends."""
+def _named_leaves(
+    obj: Any, prefix: str, seen: set[int], ancestors: dict[int, str] | None = None
+) -> Iterator[tuple[str, Any]]:
+    """``(path, leaf)`` for every tensor, module, numeric NumPy value, object with its own ``.to`` and iterator in
+    ``obj``. ``seen`` holds the ids of the objects walked so far, so a cycle through an object ends (the walkers
+    copy an object once); ``ancestors`` the paths of the containers above, so a cycle of containers, which no walk
+    could end, raises :class:`BatchStructureError` naming it."""
     kind = _kind(obj)
     if kind in _LEAVES and not (kind == _HAS_TO and isinstance(obj, Mapping)):
         if kind not in (_ARRAY, _NPSCALAR) or obj.dtype.kind in _NUMERIC_KINDS:
             yield prefix, obj
-    elif kind in (_MAPPING, _HAS_TO):
-        for k, v in obj.items():
-            yield from _named_leaves(v, f"{prefix}[{k!r}]", seen)
+        return
+    if kind == _ITERATOR:
+        yield prefix, obj
+        return
+    children: Iterator[tuple[str, Any]]
+    if kind in (_MAPPING, _HAS_TO):
+        children = ((f"[{k!r}]", v) for k, v in obj.items())
     elif kind in (_SEQUENCE, _SET):
-        for i, v in enumerate(obj):
-            yield from _named_leaves(v, f"{prefix}[{i}]", seen)
+        children = ((f"[{i}]", v) for i, v in enumerate(obj))
     elif kind == _NAMEDTUPLE:
-        for f, v in zip(obj._fields, obj, strict=True):
-            yield from _named_leaves(v, f"{prefix}.{f}", seen)
+        children = ((f".{f}", v) for f, v in zip(obj._fields, obj, strict=True))
     elif kind == _DATACLASS:
-        for f in dataclasses.fields(obj):
-            yield from _named_leaves(getattr(obj, f.name, None), f"{prefix}.{f.name}", seen)
+        children = ((f".{f.name}", getattr(obj, f.name, None)) for f in dataclasses.fields(obj))
     elif kind == _OBJECT and id(obj) not in seen:
         seen.add(id(obj))
         state = list(vars(obj).items()) if type(obj).__dictoffset__ else []
         state += [(s, getattr(obj, s)) for s in _slot_names(type(obj)) if hasattr(obj, s)]
-        for name, v in state:
-            yield from _named_leaves(v, f"{prefix}.{name}", seen)
+        children = ((f".{name}", v) for name, v in state)
+        ancestors = {}  # a cycle through this object ends here: only the containers below it can loop
+    else:
+        return
+    if ancestors is None:
+        ancestors = {}
+    ancestors[id(obj)] = prefix
+    for label, v in children:
+        if id(v) in ancestors:
+            raise BatchStructureError(
+                f"the batch contains itself: {_from_top(prefix + label)} is {_from_top(ancestors[id(v)])}, so a "
+                "walk through it would never end. Fix: drop that reference back before moving the batch, or, if "
+                "it is a dict key, dataclass field or attribute, name it in to_device's skip_keys to leave it as "
+                "it is."
+            )
+        yield from _named_leaves(v, prefix + label, seen, ancestors)
+    del ancestors[id(obj)]
+
+
+def _from_top(path: str) -> str:
+    """A path from :func:`_named_leaves` as a user reads it: ``batch['x'][0]``, or under the caller's own name."""
+    return path if path and path[0] not in "[." else f"batch{path}"
 
 
 def device_of(obj: Any) -> torch.device | None:
