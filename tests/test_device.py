@@ -162,6 +162,53 @@ def test_alias_suggestion_keeps_the_index() -> None:
         tt.resolve("gpu:1")
 
 
+@pytest.mark.parametrize(
+    ("spec", "problem", "meant"),
+    [
+        ("cpu:abc", "'abc' after ':' is not a device index", "cpu"),
+        ("CUDA:x", "'x' after ':' is not a device index", "cuda"),
+        ("gpu:-1", "'-1' after ':' is not a device index", "cuda"),
+        ("meta:0:1", "'0:1' after ':' is not a device index", "meta"),
+        ("cuda:", "nothing follows ':'", "cuda"),
+    ],
+)
+def test_a_bad_index_suggests_the_device_without_it(spec: str, problem: str, meant: str) -> None:
+    expected = f"unknown device {spec!r}: {problem} (0, 1, ...). Did you mean {meant!r}?"
+    with pytest.raises(InvalidDeviceError, match=re.escape(expected)):
+        tt.pick_device(spec)
+    with pytest.raises(InvalidDeviceError, match=re.escape(expected)):
+        tt.resolve(spec)
+
+
+@pytest.mark.parametrize(("spec", "index"), [(128, 128), (256, 256), ("cuda:200", 200), ("cpu:300", 300)])
+def test_an_index_past_8_bits_is_refused_not_wrapped(spec: str | int, index: int) -> None:
+    # torch.device("cuda", 256) is cuda:0: PyTorch keeps the index in 8 bits.
+    with pytest.raises(InvalidDeviceError, match=rf"device index must be <= 127, got {index}:.*wrap around"):
+        tt.resolve(spec)
+
+
+def test_a_leading_zero_is_read_as_the_index() -> None:
+    assert tt.resolve("meta:01") == META  # torch.device("meta:01") itself raises "Invalid device string"
+
+
+@pytest.mark.parametrize("spec", ["", "  "])
+def test_the_empty_string_is_refused_not_taken_for_auto(spec: str) -> None:
+    expected = rf"the device is an empty string \({re.escape(repr(spec))}\)\. Fix: pass 'auto' for the best device"
+    with pytest.raises(InvalidDeviceError, match=expected):
+        tt.resolve(spec)
+    with pytest.raises(InvalidDeviceError, match=expected):
+        tt.pick_device(spec)
+
+
+@pytest.mark.parametrize("argv", [["bench", "--device", ""], ["train", "mlp", "--steps", "1", "--device", ""]])
+def test_the_cli_refuses_an_empty_device(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from tangtoc.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the device is an empty string" in err and "Traceback" not in err
+
+
 def test_cuda_index_out_of_range(fake_cuda) -> None:
     fake_cuda(1)
     with pytest.raises(DeviceUnavailableError, match=r"'cuda:3' was requested, but index 3 is out of range"):
@@ -381,7 +428,7 @@ def test_resolve(spec, expected: torch.device) -> None:
     assert tt.resolve(spec) == expected
 
 
-@pytest.mark.parametrize("spec", [None, "auto", " AUTO ", ""])
+@pytest.mark.parametrize("spec", [None, "auto", " AUTO "])
 def test_resolve_auto_is_pick_device(monkeypatch: pytest.MonkeyPatch, spec) -> None:
     assert tt.resolve(spec) == tt.pick_device()
     monkeypatch.setenv("TANGTOC_DEVICE", "meta")

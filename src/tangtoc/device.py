@@ -125,25 +125,51 @@ def _parse(spec: DeviceLike) -> torch.device | None:
     if isinstance(spec, torch.device):
         return spec
     if isinstance(spec, int) and not isinstance(spec, bool):
-        if spec < 0:
-            raise InvalidDeviceError(f"device index must be >= 0, got {spec}.")
-        return torch.device("cuda", spec)
+        return torch.device("cuda", _index(spec))
     if not isinstance(spec, str):
         raise TypeError(f"device must be a str, int or torch.device, got {type(spec).__name__}: {spec!r}.")
     text = spec.strip().lower()
-    if text in ("", "auto"):
+    if not text:
+        # An unset shell variable (`--device "$DEV"`) is a mistake to report, not a request for any device.
+        raise InvalidDeviceError(
+            f"the device is an empty string ({spec!r}). Fix: pass 'auto' for the best device present, or name "
+            f"one: {', '.join(KINDS[1:])}, or an indexed form like 'cuda:1'."
+        )
+    if text == "auto":
         return None
-    kind, _, index = text.partition(":")
-    if kind in KINDS and (not index or index.isdigit()):
-        return torch.device(text)
-    meant = _ALIASES.get(text) or (_ALIASES[kind] + (f":{index}" if index else "") if kind in _ALIASES else None)
+    kind, colon, index = text.partition(":")
+    numbered = index.isascii() and index.isdigit()  # "٣".isdigit() too, which torch does not read
+    if kind in KINDS and kind != "auto" and (numbered or not colon):
+        # int(): torch.device("cuda:01") raises "Invalid device string" where 01 can only mean 1.
+        return torch.device(kind, _index(int(index))) if colon else torch.device(kind)
+    meant = _ALIASES.get(text) or (kind if kind in KINDS else _ALIASES.get(kind))
     if meant is None:
         close = difflib.get_close_matches(kind, KINDS, n=1, cutoff=0.5)
-        meant = (close[0] + (f":{index}" if index else "")) if close else None
+        meant = close[0] if close else None
+    if meant is not None and numbered and ":" not in meant and meant != "auto":
+        meant += f":{index}"  # the name was wrong, the index was not: 'gpu:1' meant 'cuda:1'
+    bad_index = f"{index!r} after ':' is not a device index" if index else "nothing follows ':'"
+    problem = f": {bad_index} (0, 1, ...)." if colon and not numbered else "."
     suggestion = f" Did you mean {meant!r}?" if meant else ""
     raise InvalidDeviceError(
-        f"unknown device {spec!r}.{suggestion} Valid names: {', '.join(KINDS)}, or an indexed form like 'cuda:1'."
+        f"unknown device {spec!r}{problem}{suggestion} Valid names: {', '.join(KINDS)}, or an indexed form like "
+        "'cuda:1'."
     )
+
+
+# PyTorch keeps a device index in 8 bits (c10::DeviceIndex): torch.device("cuda", 256) is cuda:0.
+_MAX_INDEX = 127
+
+
+def _index(n: int) -> int:
+    if n < 0:
+        raise InvalidDeviceError(f"device index must be >= 0, got {n}.")
+    if n > _MAX_INDEX:
+        raise InvalidDeviceError(
+            f"device index must be <= {_MAX_INDEX}, got {n}: PyTorch keeps device indices in 8 bits, so a larger "
+            "one would wrap around to another device. Fix: use the index of a device this machine has."
+        )
+    return n
 
 
 def check_available(device: torch.device) -> None:
@@ -202,7 +228,7 @@ def resolve(device: DeviceLike | None) -> torch.device:
     Raises :class:`InvalidDeviceError` for names that are not devices and :class:`DeviceUnavailableError`
     for devices this machine cannot provide.
     """
-    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return pick_device()
     if not isinstance(device, (str, int, torch.device)):
         raise TypeError(f"device must be a str, int or torch.device, got {type(device).__name__}: {device!r}.")
@@ -212,8 +238,9 @@ def resolve(device: DeviceLike | None) -> torch.device:
 def pick_device(prefer: DeviceLike | None = None) -> torch.device:
     """Choose the device to run on.
 
-    Order: the ``TANGTOC_DEVICE`` environment variable, then ``prefer``, then the best one present
-    (cuda > mps > xpu > cpu). Under torchrun (``LOCAL_RANK`` set) the automatic choice is
+    Order: the ``TANGTOC_DEVICE`` environment variable (set empty, as by ``TANGTOC_DEVICE= cmd``, it counts as
+    unset), then ``prefer``, then the best one present (cuda > mps > xpu > cpu). An empty ``prefer`` is refused:
+    ``"auto"`` asks for the best one. Under torchrun (``LOCAL_RANK`` set) the automatic choice is
     ``cuda:LOCAL_RANK``. An explicit request is validated, and one that cannot be met raises
     :class:`DeviceUnavailableError` (the device does not exist here, with the reason and the fix) or
     :class:`InvalidDeviceError` (the name is not a device at all).
