@@ -108,11 +108,23 @@ def test_moves_to_another_device_once() -> None:
         ((torch.zeros(3), torch.zeros(4)), {"batch_size": 2}, r"same first dimension, got sizes \[3, 4\]"),
         ((torch.zeros(3),), {"batch_size": 0}, r"batch_size must be a positive int, got 0"),
         ((torch.zeros(3),), {"batch_size": 1, "rank": 2, "world_size": 2}, r"need 0 <= rank < world_size"),
+        # Checked on construction: NumPy's SeedSequence refused them only when the first epoch was drawn.
+        ((torch.zeros(3),), {"batch_size": 1, "seed": -1}, r"seed must be an int >= 0, got -1\. Fix: .*seed=0"),
+        ((torch.zeros(3),), {"batch_size": 1, "seed": 1.5}, r"seed must be an int >= 0, got 1\.5\."),
+        ((torch.zeros(3),), {"batch_size": 1, "seed": True}, r"seed must be an int >= 0, got True\."),
     ],
 )
 def test_bad_arguments_are_named(args: tuple, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ResidentLoader(*args, device="cpu", **kwargs)
+
+
+def test_a_numpy_seed_is_taken_as_an_int() -> None:
+    import numpy as np
+
+    loader = ResidentLoader(torch.arange(6), batch_size=2, seed=np.int64(3), device="cpu")
+    assert type(loader.state_dict()["seed"]) is int  # plain ints: loadable with weights_only=True
+    assert _ids(loader) == _ids(ResidentLoader(torch.arange(6), batch_size=2, seed=3, device="cpu"))
 
 
 def test_too_large_for_the_device_says_what_to_use_instead() -> None:

@@ -8,6 +8,7 @@ per-batch host-to-device copy.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,7 +69,7 @@ class ResidentLoader:
             pinned memory, without blocking).
         drop_last: drop the last batch of an epoch when it is smaller than ``batch_size``.
         device: where the data lives; ``None``/``"auto"`` for :func:`~tangtoc.device.pick_device`.
-        seed: the shuffling seed.
+        seed: the shuffling seed, an int >= 0 (checked here, not at the first epoch).
         rank, world_size: this process's shard for distributed training (default: from ``torch.distributed``
             when it is initialised, else 0 and 1). Each rank takes every ``world_size``-th sample of the epoch's
             order; the ``len % world_size`` leftover samples are dropped so that every rank runs the same
@@ -107,6 +108,11 @@ class ResidentLoader:
             raise ValueError(f"ResidentLoader: the tensors must have the same first dimension, got sizes {sizes}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"ResidentLoader: batch_size must be a positive int, got {batch_size!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            # NumPy's SeedSequence takes only non-negative ints, and would refuse this at the first epoch.
+            raise ValueError(
+                f"ResidentLoader: seed must be an int >= 0, got {seed!r}. Fix: pass a non-negative int, e.g. seed=0."
+            )
         if not 0 < memory_fraction <= 1:
             raise ValueError(f"ResidentLoader: memory_fraction must be in (0, 1], got {memory_fraction!r}.")
         if rank is None or world_size is None:
@@ -124,7 +130,7 @@ class ResidentLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.seed = seed
+        self.seed = int(seed)  # a NumPy int too; a plain int keeps state_dict() loadable with weights_only=True
         self.epoch = 0
         self.shard(rank, world_size)
 
