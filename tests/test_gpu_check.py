@@ -40,13 +40,16 @@ def summary(out: Path) -> dict[str, Any]:
 def test_rehearsal_runs_every_step_and_leaves_three_files(tmp_path: Path) -> None:
     proc = harness(tmp_path, "--rehearse")
     output, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, output[-3000:]
+    assert proc.returncode == 0, (
+        (tmp_path / "summary.txt").read_text() if (tmp_path / "summary.txt").exists() else output
+    )
+
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.tgz", "summary.json", "summary.txt"]
     data = summary(tmp_path)
     assert data["complete"] and data["steps_failed"] == [] and data["mode"] == "rehearsal on the CPU"
     assert [s["name"] for s in data["steps"]] == [s.name for s in gpu_check.PLAN]
     assert all(s["status"] == "ok" for s in data["steps"]), data["steps"]
-    assert data["plan_s"] <= data["budget_s"] == 170
+    assert data["plan_s"] <= data["budget_s"] == 175
     assert {f["verdict"] for f in data["figures"]} <= VERDICTS
     # Nothing is judged against a GPU goal on the CPU, but the CPU's own numbers are there.
     assert not any(f["verdict"] in ("met", "missed") for f in data["figures"])
@@ -56,7 +59,7 @@ def test_rehearsal_runs_every_step_and_leaves_three_files(tmp_path: Path) -> Non
     assert {f"results/logs/{s.name}.log" for s in gpu_check.PLAN} <= names
     assert {"results/gpu_train.json", "results/junit.xml", "results/matmul.json"} <= names
     assert "steps failed: none" in (tmp_path / "summary.txt").read_text()
-    assert "total of the limits: 165 s; the budget: 170 s" in output
+    assert "total of the limits: 170 s; the budget: 175 s" in output
 
 
 @pytest.mark.slow
