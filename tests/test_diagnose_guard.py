@@ -384,3 +384,25 @@ def test_legal_dtype_mixes_and_other_errors_pass_through() -> None:
         with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied") as caught:
             model(torch.randn(4, 5))
     assert type(caught.value) is RuntimeError  # not a dtype error: PyTorch's own, untouched
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        ((5,), {}, r"^device_guard: model must be a torch\.nn\.Module, got int: 5\. Fix: pass the model"),
+        (
+            (nn.Linear(2, 2),),
+            {"criterion": torch.ones(2)},
+            r"^device_guard: criterion must be a torch\.nn\.Module, got Tensor: tensor\(\[1\., 1\.\]\)\. Fix: pass "
+            r"modules only",
+        ),
+        (
+            (nn.Linear(2, 2),),
+            {"optimizer": 5},
+            r"^device_guard: optimizer must be a torch\.optim\.Optimizer or None, got int: 5\. Fix:",
+        ),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_named_when_the_guard_is_made(args: tuple, kwargs: dict, match: str) -> None:
+    with pytest.raises(TypeError, match=match):  # not an AttributeError from inside, at the first `with`
+        device_guard(*args, **kwargs)

@@ -154,3 +154,24 @@ def test_format_lists_message_cause_and_fix() -> None:
     assert "expected device: meta" in text
     assert "1. [error] `criterion.weight` is on cpu, but the model is on meta." in text
     assert "   fix: move it with the model: `criterion.to('meta')` for a module" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        (
+            (5,),
+            {},
+            r"^check_devices: model must be a torch\.nn\.Module or None, got int: 5\. Fix: pass the model first "
+            r"and batches after it, check_devices\(model, batch\); for batches alone, check_devices\(None, batch\)",
+        ),
+        (
+            (nn.Linear(2, 2),),
+            {"optimizer": "adam"},
+            r"^check_devices: optimizer must be a torch\.optim\.Optimizer or None, got str: 'adam'\.",
+        ),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_named(args: tuple, kwargs: dict, match: str) -> None:
+    with pytest.raises(TypeError, match=match):  # not an AttributeError from inside
+        check_devices(*args, **kwargs)

@@ -56,7 +56,9 @@ from tangtoc.diagnose.frames import user_location
 from tangtoc.diagnose.guard_dtype import dtype_mismatch
 from tangtoc.diagnose.guard_naming import Birth, Frame, Namer
 from tangtoc.diagnose.mismatch import (
+    PASS_THE_OPTIMIZER,
     describe_tensor,
+    expect_type,
     is_cpu_scalar,
     optimizer_state_findings,
     preferred_device,
@@ -534,10 +536,32 @@ def device_guard(
             purpose and is not already known to: ``.to``, ``copy_``, indexing with CPU indices, RNN lengths).
         others: more modules that take part, by name (``criterion=loss_fn``), checked like the model.
 
+    A model, ``others`` or optimizer of the wrong type raises a ``TypeError`` here, when the guard is made.
+
     Hooks and the operation mode are removed on every exit path, errors included. Module inputs are recorded
     on every thread, operations checked only on the thread that entered the guard. ``torch.compile``d
     modules are checked too (dynamo traces the operation layer or runs it eagerly). What a C++ extension
     does inside is not seen, only the torch calls that reach Python; submodules added while the guard is
     active are not hooked until it is entered again.
     """
+    expect_type(
+        "device_guard",
+        "model",
+        model,
+        nn.Module,
+        "pass the model whose forward you run, e.g. `with tt.device_guard(model): model(x)`; batches need no "
+        "passing, they are checked as they reach it.",
+        optional=False,
+    )
+    for name, module in others.items():
+        expect_type(
+            "device_guard",
+            name,
+            module,
+            nn.Module,
+            f"pass modules only ({name}=nn.CrossEntropyLoss()); functions and tensors need no passing, every torch "
+            "operation inside the guard is checked.",
+            optional=False,
+        )
+    expect_type("device_guard", "optimizer", optimizer, torch.optim.Optimizer, PASS_THE_OPTIMIZER)
     return DeviceGuard({"": model, **others}, optimizer, allow)

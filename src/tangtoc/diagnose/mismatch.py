@@ -9,6 +9,7 @@ tensor that is not where it should be, with the one-line fix.
 
 from __future__ import annotations
 
+import reprlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,6 +231,23 @@ def optimizer_state_findings(optimizer: torch.optim.Optimizer, names: dict[int, 
     return findings
 
 
+def expect_type(caller: str, name: str, value: Any, expected: type, fix: str, *, optional: bool = True) -> None:
+    """Raise a ``TypeError`` naming ``caller``'s argument ``name`` when ``value`` is not an ``expected`` (nor
+    ``None``, where ``optional``): otherwise it fails later, as an ``AttributeError`` from inside."""
+    if isinstance(value, expected) or (optional and value is None):
+        return
+    label = {nn.Module: "torch.nn.Module", torch.optim.Optimizer: "torch.optim.Optimizer"}.get(
+        expected, expected.__name__
+    )
+    raise TypeError(
+        f"{caller}: {name} must be a {label}{' or None' if optional else ''}, got {type(value).__name__}: "
+        f"{reprlib.repr(value)}. Fix: {fix}"
+    )
+
+
+PASS_THE_OPTIMIZER = "pass the optimizer object itself, e.g. optimizer=torch.optim.AdamW(model.parameters()), or none."
+
+
 def check_devices(
     model: nn.Module | None = None,
     *inputs: Any,
@@ -250,8 +268,18 @@ def check_devices(
         named: anything else that takes part, by name: loss functions, metrics, class weights
             (``criterion=loss_fn``, ``class_weights=w``). Modules are inspected like the model.
 
-    A 0-d CPU tensor is listed but never flagged: PyTorch uses it as a Python number on any device.
+    A 0-d CPU tensor is listed but never flagged: PyTorch uses it as a Python number on any device. A model or
+    optimizer of the wrong type raises a ``TypeError`` that says what to pass.
     """
+    expect_type(
+        "check_devices",
+        "model",
+        model,
+        nn.Module,
+        "pass the model first and batches after it, check_devices(model, batch); for batches alone, "
+        "check_devices(None, batch).",
+    )
+    expect_type("check_devices", "optimizer", optimizer, torch.optim.Optimizer, PASS_THE_OPTIMIZER)
     placements: list[Placement] = []
     if model is not None:
         placements += _module_placements(model, "", None)
