@@ -184,3 +184,14 @@ def test_without_a_device_every_accelerator_in_use_is_synchronized(monkeypatch: 
 def test_the_clock_used_is_reported() -> None:
     assert measure(lambda: None, device="cpu", min_time=0.001).clock.startswith("host clock (perf_counter); CPU")
     assert measure(lambda: None, min_time=0.001).to_dict()["clock"]  # default device: said, not assumed
+
+
+def test_a_measurement_reads_like_the_cli() -> None:
+    clock = FakeClock()
+    m = measure(ticking(clock, constant(2e-3)), clock=clock, label="step", device="cpu", min_time=0.01, threads=1)
+    assert str(m) == (
+        "step: 2 ms per call on cpu (median of 5 blocks of 1 call; IQR 0%, min 2 ms; 1 CPU thread; FakeClock)"
+    )
+    assert m._repr_html_() == f"<pre>{m}</pre>" and m.__rich__() == str(m)
+    noisy = Measurement(times=(1.0, 3.0, 1.0, 3.0), number_per_block=2, device="cpu", threads=2, clock="fake")
+    assert str(noisy).splitlines()[1].startswith("noisy: the IQR is")

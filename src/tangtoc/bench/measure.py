@@ -18,6 +18,7 @@ The clock is injectable (``clock=``), so the statistics are tested on a fake clo
 
 from __future__ import annotations
 
+import html
 import math
 import statistics
 from collections.abc import Callable
@@ -25,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from rich.markup import escape
 
 from tangtoc.clock import Clock, HostClock, clock_for
 from tangtoc.device import DeviceLike, accelerators_in_use, resolve
+from tangtoc.units import fmt_seconds
 
 #: A timed block shorter than this is dominated by the clock and launch jitter, so it is grown.
 MIN_BLOCK_SECONDS = 1e-3
@@ -82,6 +85,22 @@ class Measurement:
             f"noisy: the IQR is {self.spread:.0%} of the median over {self.runs} runs; another process may be "
             "using this machine, or the clock rate changed. Rerun, or raise the measuring time."
         )
+
+    def __str__(self) -> str:
+        """What a user reads: ``add: 1.31 us per call on cpu (median of 25 blocks of 1,000 calls, IQR 4%, ...)``."""
+        what = f"{self.label}: " if self.label else ""
+        calls = f"{self.number_per_block:,} call{'s' if self.number_per_block > 1 else ''}"
+        text = (f"{what}{fmt_seconds(self.median)} per call on {self.device} (median of {self.runs} block"
+                f"{'s' if self.runs > 1 else ''} of {calls}; IQR {self.spread:.0%}, min {fmt_seconds(self.min)}; "
+                f"{self.threads} CPU thread{'s' if self.threads > 1 else ''}"
+                f"{f'; {self.clock}' if self.clock else ''})")  # fmt: skip
+        return text + (f"\n{self.warning}" if self.warning else "")
+
+    def __rich__(self) -> str:
+        return escape(str(self))
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(str(self))}</pre>"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -200,4 +219,5 @@ def measure(
     finally:
         torch.set_num_threads(saved_threads)
     used = threads if threads is not None else saved_threads
-    return Measurement(tuple(times), number, str(dev), label, used, str(clock))
+    said = str(clock) if type(clock).__str__ is not object.__str__ else type(clock).__name__  # an injected clock
+    return Measurement(tuple(times), number, str(dev), label, used, said)
