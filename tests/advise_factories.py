@@ -28,6 +28,10 @@ def good_without_loss() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     return WithLoss(), (torch.randn(16, 8), torch.randint(0, 3, (16,)))
 
 
+def pair_without_loss_fn() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    return _tiny(), (torch.randn(16, 8), torch.randint(0, 3, (16,)))  # the model takes x only, and no loss_fn
+
+
 def _load_weights() -> None:
     raise FileNotFoundError("weights.pt not found (simulated)")
 

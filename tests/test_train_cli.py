@@ -43,8 +43,8 @@ def test_train_mlp_json(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "gpt", "--size", "huge"], "--size 'huge' is not a gpt size; use one of gpt2, small, mini, tiny"),
-        (["train", "mlp", "--size", "gpt2"], "--size 'gpt2' is not a mlp size"),
+        (["train", "gpt", "--size", "huge"], "unknown gpt size 'huge'; the sizes are: gpt2, small, mini, tiny"),
+        (["train", "mlp", "--size", "gpt2"], "unknown mlp size 'gpt2'"),
         (["train", "gpt", "--resume"], "--resume needs --checkpoint-dir"),
         (["train", "mlp", "--size", "tiny", "--data", "x.txt"], "mlp trains on synthetic classification data only"),
         (["train", "gpt", "--size", "tiny", "--data", "/nonexistent/corpus"], "no such file or folder"),

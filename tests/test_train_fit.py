@@ -331,6 +331,6 @@ def test_no_hidden_syncs_on_cuda() -> None:
 )
 def test_mfu_is_taken_against_the_peak_of_the_arithmetic_fit_runs(name: str, device_type: str, key: str) -> None:
     """fit() runs float32 on CUDA with TF32 matmuls, so its MFU bound is the TF32 peak, not plain FP32's."""
-    from tangtoc.train.precision import _DTYPES, Precision
+    from tangtoc.step import _DTYPES, Precision
 
     assert Precision(name=name, dtype=_DTYPES[name], device_type=device_type).peak_key() == key

@@ -36,11 +36,9 @@ from torch.utils.flop_counter import flop_registry
 
 from tangtoc.errors import TangtocError
 from tangtoc.move import map_tensors, named_tensors, to_device
+from tangtoc.step import LossFn, LossFrom, LossRule, OptimizerFactory, Precision, batch_size_of, default_optimizer
 
 aten = torch.ops.aten
-
-LossFn = Callable[[Any, Any], torch.Tensor]
-OptimizerFactory = Callable[[Sequence[torch.Tensor]], torch.optim.Optimizer]
 
 
 def _ops(*names: str) -> frozenset[Any]:
@@ -273,7 +271,8 @@ def record(func: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> 
         outputs = _tensors([args[i] for i in written if i < len(args)])
     formula = _FLOPS.get(packet)
     flops = float(formula(*args, **kwargs, out_val=out)) if formula is not None else 0.0
-    kernels = _foreach_kernels(args) if packet.__name__.startswith("_foreach_") else 1
+    # multi_tensor_apply launches: the _foreach_* family and the fused optimizers (_fused_adamw_...)
+    kernels = _foreach_kernels(args) if packet.__name__.startswith(("_foreach_", "_fused_")) else 1
     return OpCall(
         op=f"{func.namespace}.{packet.__name__}",
         kind=_kind(packet),
@@ -306,21 +305,6 @@ class CountingMode(Totals, TorchDispatchMode):
 # -- the batch ----------------------------------------------------------------------------------------------------
 
 
-def batch_size_of(batch: Any) -> int:
-    """The batch size: the first dimension of the batch's first tensor (every tensor whose first dimension
-    equals it is treated as batched)."""
-    tensors = [t for _, t in named_tensors(to_device(batch, "meta"))]
-    if not tensors:
-        raise ValueError("the example batch holds no tensor; pass the tensors (or NumPy arrays) a step trains on.")
-    first = tensors[0]
-    if first.dim() == 0:
-        raise ValueError(
-            "the example batch's first tensor is a scalar, so it has no batch dimension. Put a batched tensor "
-            "(batch size first) first."
-        )
-    return int(first.shape[0])
-
-
 def resize_batch(batch: Any, batch_size: int, new_size: int) -> Any:
     """``batch`` with every tensor whose first dimension is ``batch_size`` cut or tiled to ``new_size`` rows."""
     if new_size < 1:
@@ -348,68 +332,24 @@ def batch_bytes(batch: Any) -> tuple[int, int]:
 # -- the training step ------------------------------------------------------------------------------------------
 
 
-def compute_loss(model: Callable[..., Any], batch: Any, loss_fn: LossFn | None) -> torch.Tensor:
-    """The loss of one batch, with :func:`tangtoc.fit`'s convention: with ``loss_fn``, a batch is
-    ``(inputs, targets)`` and the loss ``loss_fn(model(inputs), targets)``; without it, the model returns the
-    loss from ``model(*batch)`` (a tuple or list), ``model(**batch)`` (a mapping) or ``model(batch)``."""
-    if loss_fn is not None:
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            kind = (
-                f"a {type(batch).__name__} of {len(batch)}"
-                if isinstance(batch, (tuple, list))
-                else type(batch).__name__
-            )
-            raise ValueError(
-                f"with a loss_fn, the batch must be (inputs, targets), got {kind}. Fix: pass a pair, or no loss_fn "
-                "and a model that returns its loss from model(*batch)."
-            )
-        inputs, targets = batch
-        return loss_fn(model(inputs), targets)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    if isinstance(batch, dict):
-        return model(**batch)
-    return model(batch)
-
-
-def check_loss(loss: Any, loss_fn: LossFn | None) -> torch.Tensor:
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-        who = "loss_fn" if loss_fn is not None else "the model, called as model(*batch) since there is no loss_fn,"
-        raise ValueError(
-            f"{who} must return the loss as a one-element tensor, got {got}. Fix: pass a loss_fn (e.g. "
-            "torch.nn.functional.cross_entropy), or make the model return its loss when given targets."
-        )
-    if not loss.requires_grad:
-        raise ValueError(
-            "the loss does not require grad, so a training step would train nothing. Check that the model's "
-            "parameters have requires_grad=True and that the loss is not computed under torch.no_grad()."
-        )
-    return loss
-
-
-def default_optimizer(params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    """AdamW (lr 1e-4, PyTorch's other defaults), the common choice for training from scratch; the rate does not
-    change the count."""
-    return torch.optim.AdamW(params, lr=1e-4)
-
-
-def _counting_optimizer(params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    # On CUDA, AdamW defaults to its foreach implementation (a few launches for all parameters); on CPU tensors,
-    # even fake ones, it would default to a loop of per-parameter ops. Count what the GPU would run.
-    return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+def _counting_optimizer(params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    # fit's default optimizer as it runs on CUDA (fused AdamW: a few launches for all parameters), which fake CPU
+    # tensors run too: the count is of the step a GPU would run.
+    return default_optimizer(params, "cuda")
 
 
 class _Step(nn.Module):
     """The model and its loss as one module, so ``functional_call`` swaps parameters for the loss as well."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn | None) -> None:
+    def __init__(self, model: nn.Module, rule: LossRule) -> None:
         super().__init__()
         self.model = model
-        self.loss_fn = loss_fn
+        self.rule = rule
 
     def forward(self, batch: Any) -> torch.Tensor:
-        return compute_loss(self.model, batch, self.loss_fn)
+        if self.rule.decided:
+            return self.rule.bind(self.model)(batch)
+        return self.rule.first(self.model, batch)
 
 
 @contextlib.contextmanager
@@ -440,6 +380,7 @@ def count_step(
     batch: Any,
     *,
     loss_fn: LossFn | None = None,
+    loss_from: LossFrom | None = None,
     optimizer: OptimizerFactory | None = None,
     precision: str = "fp32",
     batch_size: int | None = None,
@@ -451,7 +392,8 @@ def count_step(
     counted, so the count is that of every later step.
 
     Args:
-        optimizer: builds the optimizer from a list of parameters (default: AdamW, foreach as on CUDA).
+        loss_fn, loss_from: how a batch becomes a loss, as in :func:`tangtoc.fit` (see :mod:`tangtoc.step`).
+        optimizer: builds the optimizer from a list of parameters (default: fit's, as on CUDA: fused AdamW).
         precision: ``"fp32"`` as written, or ``"bf16"`` with the forward and loss under bfloat16 autocast.
         batch_size: count at this batch size instead of the example's (tensors whose first dimension is the
             example's batch size are resized; see :func:`resize_batch`).
@@ -470,16 +412,14 @@ def count_step(
     size = batch_size or example_size
     nbytes, ntensors = batch_bytes(shapes)
     make_optimizer = optimizer or _counting_optimizer
-    step_module = _Step(model, loss_fn)
+    step_module = _Step(model, LossRule(loss_fn, loss_from, who=""))
     params = dict(step_module.named_parameters())
     buffers = dict(step_module.named_buffers())
 
     def fake(t: torch.Tensor) -> torch.Tensor:
         return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
 
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-    )
+    autocast = Precision.exactly(precision, "cpu").autocast  # fake CPU tensors take autocast's CUDA paths
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     counter = CountingMode()
     try:
@@ -492,7 +432,7 @@ def count_step(
 
             def step() -> None:
                 with autocast():
-                    loss = check_loss(functional_call(step_module, state, (fake_batch,)), loss_fn)
+                    loss = functional_call(step_module, state, (fake_batch,))
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -520,7 +460,7 @@ def count_step(
         batch_tensors=ntensors,
         params=sum(p.numel() for p in params.values()),
         precision=precision,
-        optimizer="AdamW (foreach)" if optimizer is None else getattr(optimizer, "__name__", "custom"),
+        optimizer="AdamW (fused)" if optimizer is None else getattr(optimizer, "__name__", "custom"),
     )
 
 
@@ -543,11 +483,8 @@ __all__ = [
     "OpCall",
     "OpSummary",
     "StepCount",
-    "batch_size_of",
-    "compute_loss",
     "count_calls",
     "count_step",
-    "default_optimizer",
     "footprint",
     "record",
     "resize_batch",

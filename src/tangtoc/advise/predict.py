@@ -28,8 +28,7 @@ from typing import Any
 
 from tangtoc.advise.count import OpCall, StepCount
 from tangtoc.hardware import BY_SHORT_NAME, HardwareSpec
-
-PRECISIONS = ("fp32", "tf32", "bf16")
+from tangtoc.step import peak_key as step_peak_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +114,9 @@ def low_precision(spec: HardwareSpec) -> str:
 
 
 def peak_key(call: OpCall, precision: str, spec: HardwareSpec) -> str:
-    """The key of ``spec.peak_flops`` that bounds ``call`` under ``precision`` (see the module docstring)."""
-    dtype = call.dtype
-    if dtype in ("bfloat16", "float16"):
-        key = "float16" if (dtype == "float16" or precision == "fp16" or "bfloat16" not in spec.peak_flops) else dtype
-    elif dtype == "float64":
-        key = "float64"
-    elif (call.kind == "conv" and precision in ("fp32", "tf32")) or (call.kind == "matmul" and precision == "tf32"):
-        key = "tf32"
-    else:
-        key = "float32"
-    if key not in spec.peak_flops:  # e.g. no TF32 on a T4, no FP64 figure for an L4
-        key = "float32"
-    return key
+    """The key of ``spec.peak_flops`` that bounds ``call`` under ``precision``: :func:`tangtoc.step.peak_key` for
+    the op's kind and dtype (see the module docstring)."""
+    return step_peak_key(precision, spec.peak_flops, dtype=call.dtype, kind=call.kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,29 +13,17 @@ constructed timings without a clock or a GPU.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import platform
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from tangtoc.advise.count import (
-    CountError,
-    LossFn,
-    OptimizerFactory,
-    StepCount,
-    batch_size_of,
-    check_loss,
-    compute_loss,
-    count_step,
-    default_optimizer,
-    resize_batch,
-)
+from tangtoc.advise.count import CountError, StepCount, count_step, resize_batch
 from tangtoc.advise.decide import (
     Crossover,
     GpuOption,
@@ -46,26 +34,16 @@ from tangtoc.advise.decide import (
 )
 from tangtoc.advise.predict import Assumptions, Prediction, low_precision, predict
 from tangtoc.bench.measure import Measurement, measure
-from tangtoc.device import available_devices, cpu_cores, cpu_model, describe, float32_math, resolve
+from tangtoc.device import available_devices, cpu_cores, cpu_model, describe, resolve
 from tangtoc.hardware import BY_SHORT_NAME, HardwareSpec, lookup
 from tangtoc.move import to_device
+from tangtoc.step import LossFn, LossFrom, LossRule, OptimizerFactory, Precision, batch_size_of, default_optimizer
 
 #: The crossover search looks at batch sizes up to this multiple of the example's.
 CROSSOVER_FACTOR = 64
 
 
 # -- measuring --------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def cuda_math(device: torch.device, precision: str) -> Iterator[None]:
-    """PyTorch's fp32 defaults (FP32 matmuls, TF32 cuDNN convolutions), or TF32 matmuls for ``"tf32"``, during a
-    measurement on CUDA; the user's settings are restored on exit. No-op elsewhere."""
-    if device.type != "cuda":
-        yield
-        return
-    with float32_math(tf32_matmul=precision == "tf32"):
-        yield
 
 
 def measure_step(
@@ -76,6 +54,7 @@ def measure_step(
     precision: str = "fp32",
     data: str = "resident",
     loss_fn: LossFn | None = None,
+    loss_from: LossFrom | None = None,
     optimizer: OptimizerFactory | None = None,
     min_time: float = 0.3,
     max_time: float = 3.0,
@@ -84,30 +63,38 @@ def measure_step(
     """Time real training steps of a copy of ``model`` on ``device`` (``model`` itself is not changed).
 
     ``data="copied"`` copies the batch from host memory every step, as a loop over a CPU data set does;
-    ``"resident"`` puts it on the device once. ``precision`` is ``"fp32"``, ``"tf32"`` or ``"bf16"`` (autocast).
+    ``"resident"`` puts it on the device once. ``precision`` is ``"fp32"`` (PyTorch's default math), ``"tf32"``,
+    ``"bf16"`` or ``"fp16"`` (autocast; see :meth:`tangtoc.step.Precision.exactly`). The step is fit's: its loss
+    rules (``loss_fn``, ``loss_from``) and, without ``optimizer``, its default optimizer on ``device``.
     ``threads`` sets torch's CPU threads for the measurement (restored afterwards).
     """
     dev = resolve(device)
     if data not in ("copied", "resident"):
         raise ValueError(f"data must be 'copied' or 'resident', got {data!r}.")
-    if precision not in ("fp32", "tf32", "bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, tf32, bf16 or fp16, got {precision!r}.")
+    prec = Precision.exactly(precision, dev.type)
     net = copy.deepcopy(model).to(dev).train()
-    opt = (optimizer or default_optimizer)([p for p in net.parameters() if p.requires_grad])
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = optimizer(params) if optimizer is not None else default_optimizer(params, dev)
     host_batch = to_device(batch, "cpu")
     resident = to_device(host_batch, dev) if data == "resident" else None
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    rule = LossRule(loss_fn, loss_from, who="")
+    loss_of: Callable[[Any], torch.Tensor] | None = None
 
     def step() -> None:
+        nonlocal loss_of
         b = resident if resident is not None else to_device(host_batch, dev)
-        with torch.autocast(dev.type, dtype=half) if half is not None else contextlib.nullcontext():
-            loss = check_loss(compute_loss(net, b, loss_fn), loss_fn)
+        with prec.autocast():
+            if loss_of is None:  # the first (warm-up) step decides how a batch becomes a loss, and checks it
+                loss = rule.first(net, b)
+                loss_of = rule.bind(net)
+            else:
+                loss = loss_of(b)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     label = f"train step {precision} {data} on {dev}"
-    with cuda_math(dev, precision):
+    with prec.math():
         warmup = 1 if dev.type == "cpu" else 3  # the first step creates the optimizer state; CUDA loads its libraries
         return measure(
             step,
@@ -285,6 +272,7 @@ def advise(
     example_batch: Any,
     *,
     loss_fn: LossFn | None = None,
+    loss_from: LossFrom | None = None,
     steps: int | None = None,
     epochs: float | None = None,
     dataset_size: int | None = None,
@@ -302,13 +290,14 @@ def advise(
     Args:
         model: the model; it is copied for every measurement and never changed.
         example_batch: one batch as the training loop sees it (tensors, NumPy arrays, or containers of them),
-            batch size first. With ``loss_fn`` it is ``(inputs, targets)``; without, ``model(*batch)`` returns
-            the loss (as in :func:`tangtoc.fit`).
+            batch size first. It becomes a loss as in :func:`tangtoc.fit` (:mod:`tangtoc.step`): with ``loss_fn``,
+            ``(inputs, targets)`` or a mapping with ``"labels"``; without, the model returns the loss (a tensor,
+            an output with ``.loss``, or ``(logits, loss)``), which ``loss_from`` locates where that is ambiguous.
         steps: the job's optimizer steps; or ``epochs`` over ``dataset_size`` samples. Either gives wall times.
         targets: GPUs to predict for, by short name (``"h100"``, ``"a100"``, ``"t4"``, ``"l4"``...; see
             :data:`tangtoc.hardware.BY_SHORT_NAME`). ``"auto"``: each GPU here (to check the model against a
             measurement), or the H100 when there is none.
-        optimizer: builds the optimizer from a list of parameters (default: AdamW).
+        optimizer: builds the optimizer from a list of parameters (default: fit's, AdamW lr 1e-3, fused on CUDA).
         devices: accelerators to measure on (default: every one present). The CPU is always measured.
         assumptions: the prediction's efficiencies, launch overhead and link (default :class:`Assumptions`).
         min_time, max_time: seconds measured per configuration, at least / at most (see :func:`measure`).
@@ -318,6 +307,8 @@ def advise(
     """
     say = progress or (lambda _msg: None)
     assumptions = assumptions or Assumptions()
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}.")
     batch_size = batch_size_of(example_batch)
     job_steps, job = job_steps_of(batch_size, steps, epochs, dataset_size)
     accelerators = [resolve(d) for d in devices] if devices is not None else available_devices()[1:]
@@ -341,6 +332,7 @@ def advise(
             batch_b,
             "cpu",
             loss_fn=loss_fn,
+            loss_from=loss_from,
             optimizer=optimizer,
             min_time=min_time,
             max_time=max_time,
@@ -355,8 +347,9 @@ def advise(
     count_error = ""
     try:
         say("counting one training step (fake tensors)")
-        counts["fp32"] = count_step(model, example_batch, loss_fn=loss_fn, optimizer=optimizer)
-        counts["bf16"] = count_step(model, example_batch, loss_fn=loss_fn, optimizer=optimizer, precision="bf16")
+        how = {"loss_fn": loss_fn, "loss_from": loss_from, "optimizer": optimizer}
+        counts["fp32"] = count_step(model, example_batch, **how)  # type: ignore[arg-type]
+        counts["bf16"] = count_step(model, example_batch, **how, precision="bf16")  # type: ignore[arg-type]
     except CountError as e:
         count_error = str(e)
         notes.append(f"no prediction: {e}")
@@ -381,6 +374,7 @@ def advise(
                     precision=precision,
                     data=data,
                     loss_fn=loss_fn,
+                    loss_from=loss_from,
                     optimizer=optimizer,
                     min_time=min_time,
                     max_time=max_time,
@@ -447,6 +441,7 @@ def advise(
             chosen_spec,
             counts["fp32"],
             loss_fn,
+            loss_from,
             optimizer,
             assumptions,
             measured_s=chosen.baseline_s if chosen.how == "measured" else None,
@@ -491,6 +486,7 @@ def _search_crossover(
     spec: HardwareSpec,
     count: StepCount,
     loss_fn: LossFn | None,
+    loss_from: LossFrom | None,
     optimizer: OptimizerFactory | None,
     assumptions: Assumptions,
     measured_s: float | None = None,
@@ -503,7 +499,7 @@ def _search_crossover(
     gpu_s = {batch_size: measured_s or first.copied_s}
 
     def at(b: int) -> float:
-        c = count_step(model, batch, loss_fn=loss_fn, optimizer=optimizer, batch_size=b)
+        c = count_step(model, batch, loss_fn=loss_fn, loss_from=loss_from, optimizer=optimizer, batch_size=b)
         return scale * predict(c, spec, precision="fp32", assumptions=assumptions).copied_s
 
     faster_now = gpu_s[batch_size] < cpu_fit.at(batch_size)

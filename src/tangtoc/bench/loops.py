@@ -14,6 +14,7 @@ from torch import nn
 from tangtoc.bench.cases import BenchConfig, Case, Row, checked
 from tangtoc.bench.kernels import no_accelerator
 from tangtoc.device import describe
+from tangtoc.step import LossRule, default_optimizer, resolve_precision
 
 RESIDENCY_SAMPLES, RESIDENCY_FEATURES, RESIDENCY_BATCH, RESIDENCY_STEPS = 8192, 512, 256, 8
 
@@ -111,24 +112,29 @@ def _gpt2_case(
         batch, seq = short or ((8, 1024) if name == "gpt2" else (4, min(256, config.block_size)))
         torch.manual_seed(0)
         model = GPT(config).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
+        # fit's step (tangtoc.step): its loss rule, its default optimizer, its precision and matching peak.
+        opt = default_optimizer(model.parameters(), device, lr=3e-4)
         gen = torch.Generator().manual_seed(0)
         idx = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=gen)
         x, y = idx[:, :-1].to(device), idx[:, 1:].to(device)
         info = describe(device)
         use_bf16 = device.type == "cuda" and bool(info.bf16_supported)
+        precision = resolve_precision("bf16" if use_bf16 else "fp32", device)
         dtype_key = "bfloat16" if use_bf16 else "float32"
+        rule = LossRule(who="")
 
         def loss_of(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                return m(xb, yb)
+            with precision.autocast():
+                return rule.bind(m)((xb, yb)) if rule.decided else rule.first(m, (xb, yb))
 
         # Check the forward pass once against the same weights in float64 on the CPU (one sequence: cheap).
         reference = loss_of(_float64_copy(model), x[:1].cpu(), y[:1].cpu()).detach()
         check = checked(loss_of(model, x[:1], y[:1]).detach().reshape(1), reference.reshape(1), dtype_key)
+        compute = rule.bind(model)
 
         def step() -> None:
-            loss = loss_of(model, x, y)
+            with precision.autocast():
+                loss = compute((x, y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -136,10 +142,11 @@ def _gpt2_case(
         case = f"gpt2 train step ({name}{', short' if short else ''})"
         row = Row(suite="gpt2", case=case, device=str(device), dtype=dtype_key, size=batch * seq)
         row.check = check
-        row.measurement = cfg.time(step, device, row.case, min_runs=3, warmup=2)
+        with precision.math():
+            row.measurement = cfg.time(step, device, row.case, min_runs=3, warmup=2)
         seconds = row.measurement.median
         tokens_per_s = batch * seq / seconds
-        peak = (info.peak_flops or {}).get(dtype_key)
+        peak = precision.peak_flops(info.peak_flops)
         flops = model.flops_per_token(seq) * tokens_per_s
         row.metrics = {
             "ms_per_step": seconds * 1e3,

@@ -17,31 +17,22 @@ import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from rich.table import Table
 from rich.text import Text
 from torch import nn
 
 from tangtoc.advise import Advice, Assumptions, advise
-from tangtoc.advise.count import batch_size_of
 from tangtoc.cli.args import UsageError, check_writable, seconds
 from tangtoc.cli.render import console, fmt_bytes, fmt_duration, fmt_seconds, to_json
 from tangtoc.diagnose.frames import is_library_file
 from tangtoc.errors import TangtocError
 from tangtoc.hardware import BY_SHORT_NAME
-from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES, gpt_config, mlp_config
-from tangtoc.models.cnn import CNN, CNNConfig
-
-CNN_SIZES = {"small": CNNConfig(), "large": CNNConfig(channels=(64, 128, 256, 512))}
-DEFAULT_SIZE = {"mlp": "mini", "cnn": "small", "gpt": "mini"}
-DEFAULT_BATCH = {"mlp": 64, "cnn": 64, "gpt": 8}
-SIZES = {"mlp": MLP_SIZES, "cnn": tuple(CNN_SIZES), "gpt": GPT_SIZES}
+from tangtoc.step import batch_size_of
+from tangtoc.workloads import EXAMPLE_BATCH, EXAMPLE_SIZE, SIZES, Example, example
 
 
 class FactoryError(UsageError):
@@ -50,14 +41,6 @@ class FactoryError(UsageError):
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.details = details
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    model: nn.Module
-    batch: Any
-    loss_fn: Callable[..., torch.Tensor] | None
-    description: str
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,12 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or --factory module:function returning (model, example_batch) or (model, example_batch, loss_fn).",
     )
     p.add_argument("model", nargs="?", choices=("mlp", "cnn", "gpt"), help="built-in workload (default mlp)")
+    sizes = ", ".join(f"{name} {'/'.join(SIZES[name])}" for name in SIZES)
     p.add_argument(
         "--size",
-        help=f"model size: mlp {'/'.join(MLP_SIZES)}, cnn {'/'.join(CNN_SIZES)}, gpt {'/'.join(GPT_SIZES)} "
-        "(default: small, small, mini; gpt2 is GPT-2 124M and takes minutes per step on a CPU)",
+        help=f"model size: {sizes} (default: {', '.join(EXAMPLE_SIZE.values())}; gpt2 is GPT-2 124M and takes "
+        "minutes per step on a CPU)",
     )
-    p.add_argument("--batch-size", type=int, help="batch size (default: mlp 64, cnn 64, gpt 8)")
+    batches = ", ".join(f"{name} {b}" for name, b in EXAMPLE_BATCH.items())
+    p.add_argument("--batch-size", type=int, help=f"batch size (default: {batches})")
     p.add_argument("--factory", metavar="MODULE:FUNCTION", help="your workload instead of a built-in one")
     p.add_argument("--steps", type=int, help="optimizer steps of the whole job (default 1000)")
     p.add_argument("--epochs", type=float, help="epochs of the whole job (with --dataset-size)")
@@ -98,40 +83,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # -- the workload -----------------------------------------------------------------------------------------------
-
-
-def builtin(name: str, size: str | None, batch_size: int | None) -> Workload:
-    """A built-in workload: the model, one batch of synthetic data, and its loss function."""
-    size = size or DEFAULT_SIZE[name]
-    if size not in SIZES[name]:
-        raise UsageError(f"unknown {name} size {size!r}; the sizes are: {', '.join(SIZES[name])}.")
-    b = DEFAULT_BATCH[name] if batch_size is None else batch_size
-    gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    if name == "mlp":
-        cfg = mlp_config(size)
-        x = torch.randn(b, cfg.in_features, generator=gen)
-        y = torch.randint(0, cfg.out_features, (b,), generator=gen)
-        return Workload(
-            MLP(cfg),
-            (x, y),
-            F.cross_entropy,
-            f"mlp {size} ({cfg.in_features}-{cfg.hidden}x{cfg.depth}-{cfg.out_features})",
-        )
-    if name == "cnn":
-        ccfg = CNN_SIZES[size]
-        x = torch.randn(b, ccfg.in_channels, ccfg.image_size, ccfg.image_size, generator=gen)
-        y = torch.randint(0, ccfg.classes, (b,), generator=gen)
-        chans = "-".join(map(str, ccfg.channels))
-        return Workload(
-            CNN(ccfg),
-            (x, y),
-            F.cross_entropy,
-            f"cnn {size} ({ccfg.image_size}x{ccfg.image_size} images, channels {chans})",
-        )
-    gcfg = gpt_config(size)
-    idx = torch.randint(0, gcfg.vocab_size, (b, gcfg.block_size + 1), generator=gen)
-    return Workload(GPT(gcfg), (idx[:, :-1], idx[:, 1:]), None, f"gpt {size} (sequence {gcfg.block_size})")
 
 
 def _their_traceback(e: BaseException) -> str:
@@ -180,7 +131,7 @@ def _import(module: str) -> Any:
             sys.path.remove(os.getcwd())
 
 
-def load_factory(spec: str) -> Workload:
+def load_factory(spec: str) -> Example:
     """Call the user's ``module:function`` and check that it returns ``(model, batch[, loss_fn])``."""
     module, sep, name = spec.rpartition(":")
     if not sep or not module or not name:
@@ -213,7 +164,7 @@ def load_factory(spec: str) -> Workload:
         batch_size_of(batch)
     except ValueError as e:
         raise UsageError(f"--factory: {spec}()'s example batch: {e}") from None
-    return Workload(model, batch, loss_fn, f"{spec} ({type(model).__name__})")
+    return Example(model, batch, loss_fn, f"{spec} ({type(model).__name__})")
 
 
 # -- rendering --------------------------------------------------------------------------------------------------
@@ -294,7 +245,7 @@ def _predicted_table(advice: Advice) -> Table:
     return t
 
 
-def _render(advice: Advice, workload: Workload) -> None:
+def _render(advice: Advice, workload: Example) -> None:
     out = console()
     params = sum(p.numel() for p in workload.model.parameters())
     out.print(
@@ -374,23 +325,7 @@ def _render(advice: Advice, workload: Workload) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if args.factory and (args.model or args.size or args.batch_size):
         raise UsageError("--factory replaces the built-in model; drop the model name, --size and --batch-size.")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    if args.steps is not None and (args.epochs is not None or args.dataset_size is not None):
-        raise UsageError("give either --steps, or --epochs with --dataset-size, not both.")
-    if (args.epochs is None) != (args.dataset_size is None):
-        raise UsageError("--epochs and --dataset-size go together: the job is epochs x dataset-size / batch steps.")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}.")
-    if args.epochs is not None and (args.epochs <= 0 or args.dataset_size < 1):
-        raise UsageError(f"--epochs must be > 0 and --dataset-size >= 1, got {args.epochs} and {args.dataset_size}.")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}.")
-    if args.launch_us is not None and args.launch_us < 0:
-        raise UsageError(f"--launch-us must be >= 0, got {args.launch_us}.")
-    for target in args.target or ():
-        if target.lower() not in BY_SHORT_NAME and target.lower() != "auto":
-            raise UsageError(f"unknown --target {target!r}; known: auto, {', '.join(BY_SHORT_NAME)}.")
+    # Everything else (sizes, batch, job, targets, threads, launch time) is the library's to validate.
     check_writable(args.json, "--json")
 
 
@@ -399,28 +334,28 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
         workload = (
-            load_factory(args.factory) if args.factory else builtin(args.model or "mlp", args.size, args.batch_size)
+            load_factory(args.factory) if args.factory else example(args.model or "mlp", args.size, args.batch_size)
         )
+        assumptions = Assumptions()
+        if args.launch_us is not None:
+            assumptions = replace(assumptions, launch_overhead_s=args.launch_us * 1e-6)
     except FactoryError as e:
         err.print(f"tangtoc advise: error: {e}", markup=False)
         if e.details:
             err.print("Traceback from your code:", markup=False)
             err.print(e.details.rstrip(), markup=False, highlight=False)
         return 2
-    except UsageError as e:
+    except ValueError as e:  # a UsageError, or the library's word on a size, a batch size or an assumption
         err.print(f"tangtoc advise: error: {e}", markup=False)
         return 2
-    steps = args.steps if args.steps is not None or args.epochs is not None else 1000
-    assumptions = Assumptions()
-    if args.launch_us is not None:
-        assumptions = replace(assumptions, launch_overhead_s=args.launch_us * 1e-6)
+    job_given = args.steps is not None or args.epochs is not None or args.dataset_size is not None
     with err.status("starting") as status:
         try:
             advice = advise(
                 workload.model,
                 workload.batch,
                 loss_fn=workload.loss_fn,
-                steps=steps if args.epochs is None else None,
+                steps=args.steps if job_given else 1000,
                 epochs=args.epochs,
                 dataset_size=args.dataset_size,
                 targets=tuple(args.target or ("auto",)),

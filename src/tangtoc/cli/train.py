@@ -11,20 +11,18 @@ import argparse
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from tangtoc.cli.render import console, fmt_bytes, to_json
-from tangtoc.data import ResidentLoader, decode, encode, stdlib_corpus, synthetic_classification, text_corpus
+from tangtoc.data import decode, encode
 from tangtoc.device import describe, resolve
 from tangtoc.errors import TangtocError
-from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES, gpt_config, mlp_config
+from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES
+from tangtoc.step import DEFAULT_LR, PRECISIONS, default_optimizer
 from tangtoc.train import FitResult, fit, load_checkpoint, torchrun_env
 from tangtoc.train.distributed import STRATEGIES, device_for_rank
 from tangtoc.train.launch import DEFAULT_JOIN_TIMEOUT_S, LaunchConfig, check_nproc, launch
-from tangtoc.train.precision import PRECISIONS
+from tangtoc.workloads import TRAIN_BATCH, training
 
-EVAL_WINDOWS = 256  # held-out windows evaluated at the end: enough for a stable mean, a second or so on a CPU
-MLP_SAMPLES = 16_384
 SAMPLE_PROMPT = "def "
 
 
@@ -62,8 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-bytes", type=_positive, default=4 * 2**20, help="gpt: cap on the corpus (default 4 MiB)")
     p.add_argument("--steps", type=_positive, default=300, help="optimizer steps (default 300)")
-    p.add_argument("--batch-size", type=_positive, default=None, help="default 16 (gpt), 256 (mlp)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help=f"default {TRAIN_BATCH['gpt']} (gpt), {TRAIN_BATCH['mlp']} (mlp)",
+    )
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW learning rate (default {DEFAULT_LR:g})")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (needs a C compiler)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
@@ -95,36 +98,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--strategy", choices=STRATEGIES, default="auto", help="auto (DDP on several processes), ddp, or fsdp"
     )
     p.set_defaults(run=run, parser=p)
-
-
-def _gpt(args: argparse.Namespace, device: torch.device) -> tuple[GPT, ResidentLoader, ResidentLoader, str]:
-    cfg = gpt_config(args.size, vocab_size=256) if args.size == "gpt2" else gpt_config(args.size)
-    if args.data == "stdlib":
-        corpus = stdlib_corpus(max_bytes=args.max_bytes)
-    else:
-        corpus = text_corpus(args.data, max_bytes=args.max_bytes)
-    x, y = corpus.windows(cfg.block_size)
-    xv, yv = corpus.windows(cfg.block_size, split="val")
-    batch = args.batch_size or 16
-    # drop_last: one shape for every step, so a compiled model is not recompiled for a short last batch.
-    train = ResidentLoader(x, y, batch_size=batch, device=device, seed=args.seed, drop_last=True)
-    val = ResidentLoader(xv[:EVAL_WINDOWS], yv[:EVAL_WINDOWS], batch_size=batch, shuffle=False, device=device)
-    n_bytes = corpus.train.numel() + corpus.val.numel()
-    about = f"{corpus.source}: {fmt_bytes(n_bytes)} in {corpus.files} files, {x.shape[0]:,} windows of {cfg.block_size}"
-    return GPT(cfg).to(device), train, val, about
-
-
-def _mlp(args: argparse.Namespace, device: torch.device) -> tuple[MLP, ResidentLoader, ResidentLoader, str]:
-    if args.data != "stdlib":
-        raise ValueError("mlp trains on synthetic classification data only; drop --data.")
-    cfg = mlp_config(args.size)
-    x, y = synthetic_classification(MLP_SAMPLES, features=cfg.in_features, classes=cfg.out_features, seed=args.seed)
-    xv, yv = synthetic_classification(2048, features=cfg.in_features, classes=cfg.out_features, seed=args.seed + 1)
-    batch = args.batch_size or 256
-    train = ResidentLoader(x, y, batch_size=batch, device=device, seed=args.seed, drop_last=True)
-    val = ResidentLoader(xv, yv, batch_size=batch, shuffle=False, device=device)
-    about = f"synthetic classification: {MLP_SAMPLES:,} samples, {cfg.in_features} features, {cfg.out_features} classes"
-    return MLP(cfg).to(device), train, val, about
 
 
 def worker_argv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -176,12 +149,6 @@ def run(args: argparse.Namespace) -> int:
     if given:
         err.print(f"tangtoc train: error: {', '.join(given)} only make sense with --nproc (processes per machine).")
         return 2
-    sizes = GPT_SIZES if args.model == "gpt" else MLP_SIZES
-    if args.size not in sizes:
-        err.print(
-            f"tangtoc train: error: --size {args.size!r} is not a {args.model} size; use one of {', '.join(sizes)}."
-        )
-        return 2
     if args.resume and args.checkpoint_dir is None:
         err.print("tangtoc train: error: --resume needs --checkpoint-dir (where the checkpoints are).")
         return 2
@@ -197,18 +164,27 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # the same on every rank: one initial model, one data order to shard
     device = device_for_rank(args.device)  # a device this machine lacks is a usage error: main() exits 2
     try:
-        model, train, val, about = (_gpt if args.model == "gpt" else _mlp)(args, device)
+        work = training(
+            args.model,
+            args.size,
+            device,
+            batch_size=args.batch_size,
+            data=args.data,
+            max_bytes=args.max_bytes,
+            seed=args.seed,
+        )
+        model = work.model
         result = fit(
             model,
-            train,
+            work.train,
             # A function of the parameters: FSDP replaces them when it shards the model.
-            optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, fused=device.type == "cuda"),
-            loss_fn=None if args.model == "gpt" else F.cross_entropy,
+            optimizer=lambda params: default_optimizer(params, device, lr=args.lr),
+            loss_fn=work.loss_fn,
             steps=args.steps,
             precision=args.precision,
             compile=args.compile,
             log_every=args.log_every,
-            eval_data=val,
+            eval_data=work.val,
             checkpoint_dir=args.checkpoint_dir,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
@@ -226,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if env is not None and env.rank != 0:
         return 0  # rank 0 reports for all
     sample = _sample(model, args, device, result) if args.model == "gpt" and not result.preempted else None
-    summary = _summary(args, model, about, result, sample)
+    summary = _summary(args, model, work.data, result, sample)
     if args.json:
         print(to_json(summary))
     else:

@@ -10,15 +10,13 @@ the global RNG when the pass begins, so its resumed order differs from an uninte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 
 from tangtoc.data.resident import ResidentLoader
 from tangtoc.move import to_device
-
-Counter = Callable[[Any], tuple[int, int, float]]
 
 
 class BatchStream:
@@ -97,47 +95,3 @@ def _flat_on(batch: Any, device: torch.device) -> bool:
         if type(t) is not torch.Tensor or t.device != device:
             return False
     return True
-
-
-def lead_tensor(batch: Any) -> torch.Tensor | None:
-    """The tensor whose first dimension is the batch size: the batch itself, its first item, or first value."""
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch:
-        return lead_tensor(batch[0])
-    if isinstance(batch, Mapping) and batch:
-        return lead_tensor(next(iter(batch.values())))
-    return None
-
-
-def work_counter(model: torch.nn.Module, first_batch: Any) -> Counter:
-    """A function ``batch -> (samples, tokens, flops)`` for this model and this kind of batch, from shapes only.
-
-    Tokens are counted when the lead tensor is 2-D integer token ids ``(batch, time)``. FLOPs come from the
-    model's ``flops_per_token(seq_len)`` (for token batches) or ``flops_per_sample()``; a model with neither
-    gets 0, and MFU is then not reported.
-    """
-    lead = lead_tensor(first_batch)
-    tokens = lead is not None and lead.dim() == 2 and not lead.is_floating_point() and not lead.is_complex()
-    per_token = getattr(model, "flops_per_token", None)
-    per_sample = getattr(model, "flops_per_sample", None)
-    if tokens:
-        cache: dict[int, float] = {}
-
-        def count_tokens(batch: Any) -> tuple[int, int, float]:
-            b, t = lead_tensor(batch).shape  # type: ignore[union-attr]
-            if per_token is None:
-                return b, b * t, 0.0
-            if t not in cache:
-                cache[t] = float(per_token(t))
-            return b, b * t, b * t * cache[t]
-
-        return count_tokens
-    sample_flops = float(per_sample()) if callable(per_sample) else 0.0
-
-    def count_samples(batch: Any) -> tuple[int, int, float]:
-        lead_t = lead_tensor(batch)
-        b = lead_t.shape[0] if lead_t is not None and lead_t.dim() > 0 else 1
-        return b, 0, b * sample_flops
-
-    return count_samples

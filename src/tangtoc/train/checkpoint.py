@@ -18,13 +18,18 @@ import pickle
 import random
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from tangtoc.train.errors import CheckpointError
+from tangtoc.train.batches import BatchStream
+from tangtoc.train.distributed import Distributed
+from tangtoc.train.errors import CheckpointError, DistributedError
+from tangtoc.train.strategies import checkpoint_family, load_state_dicts, state_dicts
 
 FORMAT = "tangtoc.checkpoint"
 VERSION = 1
@@ -160,3 +165,107 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
             "gauss": np_state["gauss"],
         }
     )
+
+
+# -- a fit() run's checkpoint -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """What a checkpoint of a :func:`~tangtoc.fit` run saves and restores, besides the step."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    batches: BatchStream
+    device: torch.device
+    parallel: Distributed | None
+
+    @property
+    def strategy(self) -> str | None:
+        return self.parallel.strategy if self.parallel is not None else None
+
+    @property
+    def rank(self) -> int:
+        return self.parallel.rank if self.parallel is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.parallel.world_size if self.parallel is not None else 1
+
+
+def newest_checkpoint(directory: Path, parallel: Distributed | None) -> Path | None:
+    """The newest checkpoint in ``directory``, which every rank must see alike (each reads it to resume)."""
+    found = latest_checkpoint(directory)
+    if parallel is None:
+        return found
+    seen = parallel.all_gather(found.name if found is not None else None)
+    if len(set(seen)) > 1:
+        views = ", ".join(f"rank {r}: {name or 'none'}" for r, name in enumerate(seen))
+        raise DistributedError(
+            f"the ranks see different newest checkpoints in {directory} ({views}). Every rank reads the "
+            "checkpoint it resumes from, so checkpoint_dir must be one folder that every machine shares (a "
+            "network filesystem), not a local folder on each."
+        )
+    return found
+
+
+def restore_run(path: Path, run: RunState) -> tuple[int, int]:
+    """Load ``path`` into ``run`` (model, optimizer, scaler, this rank's RNG states and data position); returns
+    ``(step, skipped_steps)``."""
+    state = load_checkpoint(path, mmap=run.parallel is not None)
+    saved_world = int(state.get("world_size", 1))
+    saved_strategy = state.get("strategy", "single")
+    if saved_world != run.world_size:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run of {saved_world} process(es); this one has "
+            f"{run.world_size}. Each rank's data position and random state are saved, so resume with the same "
+            "number of processes. To start a new run from its weights only, load state['model'] (from "
+            "tangtoc.train.load_checkpoint) into the model and train with another checkpoint_dir."
+        )
+    if checkpoint_family(saved_strategy) != checkpoint_family(run.strategy):
+        raise CheckpointError(
+            f"checkpoint {path} was written with strategy {saved_strategy!r}, whose optimizer state this run "
+            f"({run.strategy or 'single'!r}) cannot load: FSDP keys it by parameter name, DDP and a single "
+            "process by index. Resume with the strategy that wrote it."
+        )
+    try:
+        load_state_dicts(run.model, run.optimizer, state["model"], state["optimizer"], run.strategy)
+    except (RuntimeError, ValueError, KeyError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise CheckpointError(
+            f"checkpoint {path} does not match this model or optimizer: {detail[:400]} Fix: use another "
+            "checkpoint_dir, or delete its checkpoints to start afresh."
+        ) from e
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    mine = state["ranks"][run.rank] if saved_world > 1 else state
+    set_rng_state(mine["rng"], run.device)
+    run.batches.load_state_dict(mine["data"])
+    return int(state["step"]), int(state.get("skipped_steps", 0))
+
+
+def save_run(directory: Path, run: RunState, step: int, skipped: int, keep_last: int) -> Path:
+    """Write ``run`` at ``step`` to ``directory`` (rank 0 writes; every rank's RNG state and data position are
+    gathered into the file) and return the checkpoint's path once every rank knows it is complete."""
+    model_state, optimizer_state = state_dicts(run.model, run.optimizer, run.strategy)  # FSDP: a collective
+    mine = {"rng": rng_state(run.device), "data": run.batches.state_dict()}
+    parallel = run.parallel
+    ranks = parallel.gather(mine) if parallel is not None and run.world_size > 1 else None
+    if run.rank == 0:
+        state = {
+            "step": step,
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            **mine,  # rank 0's, so that the format stays the same as a single process's
+            "skipped_steps": skipped,
+            "world_size": run.world_size,
+            "strategy": run.strategy or "single",
+        }
+        if ranks is not None:
+            state["ranks"] = ranks
+        save_checkpoint(state, directory, keep_last=keep_last)
+    if parallel is not None:
+        parallel.barrier()  # whatever a rank does next (exit, resume, read it), the file is complete
+    return checkpoint_path(directory, step)

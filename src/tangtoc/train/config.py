@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tangtoc.step import PRECISIONS, LossFrom
 from tangtoc.train.distributed import DEFAULT_TIMEOUT_S, check_strategy
-from tangtoc.train.precision import PRECISIONS
 
 NONFINITE_POLICIES = ("raise", "skip")
 PREEMPT_POLICIES = ("exit", "return")
@@ -42,6 +42,7 @@ class FitConfig:
     log_dir: Path | None = None
     strategy: str = "auto"
     dist_timeout_s: float = DEFAULT_TIMEOUT_S
+    loss_from: LossFrom | None = None
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):

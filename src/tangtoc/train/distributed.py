@@ -219,11 +219,10 @@ def resolve_strategy(strategy: str, env: TorchrunEnv | None) -> str | None:
 
 
 @contextlib.contextmanager
-def session(
-    strategy: str, device: DeviceLike | None, timeout_s: float = DEFAULT_TIMEOUT_S
-) -> Iterator[Distributed | None]:
+def session(strategy: str, device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Distributed | None]:
     """The distributed context of one fit() call: ``None`` for a single process, else a :class:`Distributed`
-    whose process group exists for the duration of the ``with`` block.
+    whose process group exists for the duration of the ``with`` block, on ``device`` (resolved by the caller)
+    or, for CUDA under torchrun, this rank's GPU.
 
     Under torchrun the group is created here (NCCL on CUDA, gloo on the CPU; joining and every collective bounded
     by ``timeout_s``) and destroyed on exit, whether the block returns, raises or exits. A group that already

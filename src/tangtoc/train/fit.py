@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from tangtoc.device import DeviceLike, resolve
+from tangtoc.step import DEFAULT_LR, LossFn, LossFrom, OptimizerFactory, default_optimizer
 from tangtoc.train.config import FitConfig
 from tangtoc.train.distributed import DEFAULT_TIMEOUT_S, session
-from tangtoc.train.run import DEFAULT_LR, Callback, FitEvent, FitResult, LossFn, Run, default_optimizer
-from tangtoc.train.strategies import OptimizerFactory
+from tangtoc.train.result import Callback, FitEvent, FitResult
+from tangtoc.train.run import Run
 
 __all__ = ["DEFAULT_LR", "Callback", "FitEvent", "FitResult", "LossFn", "default_optimizer", "fit"]
 
@@ -28,6 +29,7 @@ def fit(
     *,
     optimizer: torch.optim.Optimizer | OptimizerFactory | None = None,
     loss_fn: LossFn | None = None,
+    loss_from: LossFrom | None = None,
     steps: int | None = None,
     epochs: int | None = None,
     precision: str = "auto",
@@ -61,9 +63,14 @@ def fit(
         optimizer: an optimizer, or a function ``params -> optimizer`` called on the parameters once the model is
             wrapped (needed with ``strategy="fsdp"``, whose sharding replaces the parameters); default
             :func:`default_optimizer` (AdamW, lr 1e-3, fused on CUDA).
-        loss_fn: with a loss function, a batch ``(inputs, targets)`` trains on ``loss_fn(model(inputs), targets)``.
-            With ``None``, the model returns the loss itself: ``model(*batch)`` for a tuple or list,
-            ``model(**batch)`` for a dict (as :class:`~tangtoc.models.GPT` does when given targets).
+        loss_fn: with a loss function, a batch ``(inputs, targets)`` trains on ``loss_fn(model(inputs), targets)``,
+            and a mapping batch on ``loss_fn(model(**rest), batch["labels"])``. With ``None``, the model returns
+            the loss itself: ``model(**batch)`` for a mapping (dict, ``BatchEncoding``), ``model(*batch)`` for a
+            tuple or list, ``model(batch)`` otherwise; the loss is what it returns if that is a one-element
+            tensor, else its ``"loss"`` / ``.loss`` (a Hugging Face ``ModelOutput``), else the one 0-dim tensor
+            requiring grad in a tuple (nanoGPT's ``(logits, loss)``). See :mod:`tangtoc.step`.
+        loss_from: where the loss is in the model's output when that is ambiguous: a key or attribute name, an
+            index, or a function of the output. Decided and checked on the first batch, never searched again.
         steps / epochs: exactly one. A step is one optimizer step of ``grad_accum`` batches; ``epochs`` needs
             ``len(data)`` and means ``epochs * len(data) // grad_accum`` steps.
         precision: ``"auto"`` (bf16 autocast where the device supports it, fp16 with a GradScaler on older CUDA
@@ -136,8 +143,11 @@ def fit(
         log_dir=log_dir,  # type: ignore[arg-type]
         strategy=strategy,
         dist_timeout_s=dist_timeout_s,
+        loss_from=loss_from,
     )
-    with session(config.strategy, device, config.dist_timeout_s) as parallel:
-        placed = parallel.device if parallel is not None else resolve(device)
+    placed = resolve(device)  # once, here; under torchrun, session() maps CUDA to this rank's GPU
+    with session(config.strategy, placed, config.dist_timeout_s) as parallel:
+        if parallel is not None:
+            placed = parallel.device
         run = Run(model, data, optimizer, loss_fn, eval_data, placed, tuple(callbacks), config, parallel)
         return run.run()

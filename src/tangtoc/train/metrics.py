@@ -23,11 +23,12 @@ Record = dict[str, Any]
 
 @dataclass(slots=True)
 class Interval:
-    """Work done since the last log: counted on the host from batch shapes, never read from the device."""
+    """Work done since the last log: counted on the host from batch shapes; a token count that leaves padding out
+    stays on the device until the log point reads it with the losses."""
 
     steps: int = 0
     samples: int = 0
-    tokens: int = 0
+    tokens: int = 0  # between log points, a 0-dim device tensor when padding is left out (tangtoc.step)
     flops: float = 0.0
 
     def add(self, other: Interval) -> None:
