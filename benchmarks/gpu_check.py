@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GRACE_S = 5  # between SIGTERM (the step writes its partial result) and SIGKILL
 BUDGET_S = {"gpu": 420, "rehearse": 175}  # the whole run: 7 minutes on the GPU, under 3 on the CPU
 OUT_FILES = ("summary.json", "summary.txt", "results.tgz")
+SCHEMA_VERSION = 1  # of summary.json; equal to tangtoc.schemas.SCHEMAS["tangtoc.gpu_check"] (a test checks it)
 
 # -- the plan ----------------------------------------------------------------------------------------------------
 
@@ -168,6 +169,8 @@ class Harness:
     def summary(self) -> dict[str, Any]:
         failed = [s.name for s in self.steps if s.status in ("failed", "timed out", "interrupted")]
         return {
+            "schema": "tangtoc.gpu_check",
+            "schema_version": SCHEMA_VERSION,
             "harness": "tangtoc benchmarks/gpu_check.py",
             "mode": "rehearsal on the CPU" if self.rehearsal else "gpu",
             "started": self.started_at,

@@ -29,6 +29,7 @@ from tangtoc.device import (
     resolve,
 )
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError
+from tangtoc.schemas import stamp
 from tangtoc.telemetry import GpuTelemetry
 
 #: /dev/shm below this makes DataLoader workers die with "bus error" (Docker's default is 64 MiB).
@@ -257,7 +258,7 @@ class DoctorReport:
         return not any(p.severity == "problem" for p in self.problems)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"healthy": self.healthy, **dataclasses.asdict(self)}
+        return stamp("tangtoc.doctor", {"healthy": self.healthy, **dataclasses.asdict(self)})
 
 
 def diagnose() -> DoctorReport:

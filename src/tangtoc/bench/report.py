@@ -21,6 +21,7 @@ from tangtoc.bench.cases import BenchConfig, Row
 from tangtoc.bench.claims import Claim
 from tangtoc.device import cpu_cores, cpu_model
 from tangtoc.files import write_atomic
+from tangtoc.schemas import stamp
 
 
 def add_speedups(rows: Sequence[Row]) -> None:
@@ -62,7 +63,7 @@ def write_json(path: Path, rows: Iterable[Row], meta: dict[str, Any], claims: It
     """Write every row with its measurement and the metadata; replaced atomically so a reader never sees half.
     Raises :class:`~tangtoc.errors.OutputError` when the file cannot be written."""
     data = {"metadata": meta, "rows": [r.to_dict() for r in rows], "seed_claims": [asdict(c) for c in claims]}
-    write_atomic(path, json.dumps(data, indent=2))
+    write_atomic(path, json.dumps(stamp("tangtoc.bench", data), indent=2))
 
 
 def plot(path: Path, rows: Sequence[Row]) -> None:
