@@ -143,7 +143,8 @@ def _handle(nvml: Any, cuda_index: int) -> Any:
         bus = getattr(props, "pci_bus_id", None)
         if bus is not None:
             domain, device = getattr(props, "pci_domain_id", 0), getattr(props, "pci_device_id", 0)
-            return nvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08x}:{bus:02x}:{device:02x}.0")
+            with contextlib.suppress(Exception):  # an id NVML does not take: the index mapping below
+                return nvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08X}:{bus:02X}:{device:02X}.0")
     return nvml.nvmlDeviceGetHandleByIndex(_nvml_index(cuda_index))
 
 
