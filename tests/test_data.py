@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import threading
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -183,6 +188,80 @@ def test_text_corpus_errors_name_the_problem(tmp_path: Path) -> None:
     (tmp_path / "short.txt").write_text("abc")
     with pytest.raises(CorpusError, match=r"too few to split"):
         text_corpus(tmp_path / "short.txt")
+
+
+def _corpus_in_a_thread(path: Path, **kwargs: Any) -> Any:
+    """text_corpus(path), or pytest.fail when it is still running after 20 s (it waits on a FIFO forever)."""
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(text_corpus(path, **kwargs)), daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():
+        for fifo in path.glob("*pipe*"):  # a writer's open releases the reader blocked in open()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"text_corpus({path}) was still waiting after 20 s")
+    return out[0] if out else None
+
+
+def test_a_fifo_in_a_folder_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("some text " * 20)
+    os.mkfifo(tmp_path / "pipe")
+    c = _corpus_in_a_thread(tmp_path, val_fraction=0.25)
+    assert c is not None and c.files == 1 and decode(c.train).startswith("some text")
+
+
+def test_a_broken_link_in_a_folder_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("some text " * 20)
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert text_corpus(tmp_path, val_fraction=0.25).files == 1
+
+
+def test_a_fifo_or_device_named_alone_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(CorpusError, match=r"pipe is a FIFO, not a text file or a folder: reading it could wait"):
+        text_corpus(tmp_path / "pipe")
+    with pytest.raises(CorpusError, match=r"/dev/zero is a character device, not a text file or a folder"):
+        text_corpus("/dev/zero")
+
+
+def test_only_the_bytes_needed_are_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    with big.open("wb") as f:
+        f.write(b"line of text\n" * 20_000)  # 260 kB of text, then a 512 MiB hole (no disk space taken)
+        f.seek(512 * 2**20)
+        f.write(b"end\n")
+    tracemalloc.start()
+    try:
+        c = text_corpus(big, max_bytes=100_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert c.train.numel() + c.val.numel() == 100_000
+    assert peak < 2 * 2**20, f"reading 100 kB of a 512 MiB file took {peak / 2**20:.0f} MiB at its peak"
+
+
+def test_a_binary_file_named_alone_is_left_out_as_in_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"abc\0" * 1000)
+    with pytest.raises(
+        CorpusError, match=r"no text found in .*model\.bin: 1 binary file\b.*in a folder or named alone"
+    ):
+        text_corpus(tmp_path / "model.bin")
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # chmod cannot take read permission away from root, who runs these tests in CI: refuse the open instead.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("some text " * 20)
+    real_open = os.open
+
+    def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == secret:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(CorpusError, match=r"cannot read .*secret\.txt: Permission denied\. Fix: make it readable"):
+        text_corpus(tmp_path)
 
 
 def test_stdlib_corpus_explains_a_zipped_stdlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -7,8 +7,11 @@ corpus every test and demonstration can count on; any other text file or folder 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sysconfig
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +87,45 @@ def decode(tokens: torch.Tensor) -> str:
     return bytes(tokens.detach().to("cpu", torch.uint8).tolist()).decode("utf-8", errors="replace")
 
 
-def _is_text(path: Path) -> bool:
-    with path.open("rb") as f:
-        return b"\0" not in f.read(_SNIFF_BYTES)
+# Files that are not regular: reading one could wait forever (a FIFO with no writer) or never end (/dev/zero).
+_SPECIAL = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+            (stat.S_ISBLK, "block device"))  # fmt: skip
+
+
+def _special(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is neither a regular file nor a folder; ``None`` when it is."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((name for is_kind, name in _SPECIAL if is_kind(mode)), "special file")
+
+
+def _head(path: Path, limit: int) -> bytes | str:
+    """The first ``limit`` bytes of ``path`` (never more: a 2 GB file under a 100 kB cap reads 100 kB), or why
+    it is left out: ``"binary file"`` (a NUL byte in its first 8 KiB), ``"empty file"``, ``"FIFO"``...
+
+    A folder may hold anything, so what is not a regular file is found by ``stat`` before it is opened, and the
+    open does not block, in case a FIFO took the file's place in between."""
+    try:
+        kind = _special(os.stat(path).st_mode)
+        if kind is not None:
+            return kind
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            kind = _special(os.fstat(fd).st_mode)
+            if kind is not None:
+                return kind
+            data = f.read(max(limit, _SNIFF_BYTES))
+    except (FileNotFoundError, NotADirectoryError):
+        return "broken link"  # the walk listed it, but it points nowhere (or vanished since)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "broken link"
+        raise CorpusError(
+            f"cannot read {path}: {e.strerror}. Fix: make it readable (`chmod +r`), or point at a folder without it."
+        ) from e
+    if b"\0" in data[:_SNIFF_BYTES]:
+        return "binary file"
+    return data[:limit] if data else "empty file"
 
 
 def _walk(root: Path, skip: frozenset[str]) -> list[Path]:
@@ -105,18 +144,25 @@ def _build(files: list[Path], source: str, max_bytes: int, val_fraction: float) 
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
     buf = bytearray()
     used = 0
+    left_out: Counter[str] = Counter()
     for path in files:
         if len(buf) >= max_bytes:
             break
-        data = path.read_bytes()
-        if not data:
+        data = _head(path, max_bytes - len(buf))
+        if isinstance(data, str):
+            left_out[data] += 1
             continue
-        buf += data[: max_bytes - len(buf)]
+        buf += data
         if len(buf) < max_bytes:
             buf += b"\n"  # files end where the next begins; a newline keeps lines from running together
         used += 1
     if not buf:
-        raise CorpusError(f"no text found in {source}: every file is empty or binary. Fix: point at text files.")
+        found = ", ".join(f"{n} {what}{'s' if n > 1 else ''}" for what, n in sorted(left_out.items())) or "no files"
+        raise CorpusError(
+            f"no text found in {source}: {found}. A corpus is text: binary files (a NUL byte in their first 8 KiB), "
+            "empty files, and FIFOs, sockets and devices (whose reading may never end) are left out, in a folder or "
+            "named alone. Fix: point at a text file or a folder of them."
+        )
     tokens = torch.frombuffer(buf, dtype=torch.uint8)
     n_val = int(len(tokens) * val_fraction)
     if n_val < 2 or len(tokens) - n_val < 2:
@@ -149,15 +195,28 @@ def stdlib_corpus(*, max_bytes: int = DEFAULT_MAX_BYTES, val_fraction: float = 0
 def text_corpus(
     path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, val_fraction: float = 0.1
 ) -> ByteCorpus:
-    """A corpus from a text file, or from every text file under a folder (sorted paths; hidden files and files
-    with NUL bytes in their first 8 KiB, i.e. binaries, left out), concatenated up to ``max_bytes``."""
+    """A corpus from a text file, or from every text file under a folder (sorted paths; hidden files left out),
+    concatenated up to ``max_bytes``; only the bytes needed are read.
+
+    Binary files (a NUL byte in their first 8 KiB), empty files, FIFOs, sockets, devices and broken links are left
+    out, whether in a folder or named alone (a binary alone then gives "no text found"). A FIFO or device named
+    alone is refused before it is opened. Raises :class:`CorpusError` saying what was found instead of text."""
     root = Path(path).expanduser()
-    if root.is_file():
-        files = [root]
-    elif root.is_dir():
-        files = [p for p in _walk(root, frozenset({"__pycache__"})) if _is_text(p)]
-    else:
-        raise CorpusError(f"no such file or folder: {str(root)!r}. Fix: pass a text file or a folder of text files.")
+    try:
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        raise CorpusError(
+            f"no such file or folder: {str(root)!r}. Fix: pass a text file or a folder of text files."
+        ) from None
+    except OSError as e:
+        raise CorpusError(f"cannot read {root}: {e.strerror}. Fix: pass a text file or folder you can read.") from e
+    kind = _special(mode)
+    if kind is not None:
+        raise CorpusError(
+            f"{root} is a {kind}, not a text file or a folder: reading it could wait forever or never end. Fix: "
+            "save the text to a file and pass that."
+        )
+    files = _walk(root, frozenset({"__pycache__"})) if stat.S_ISDIR(mode) else [root]
     return _build(files, str(root), max_bytes, val_fraction)
 
 
