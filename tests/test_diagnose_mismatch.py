@@ -26,7 +26,7 @@ def test_each_static_bug_is_found_before_it_crashes(name: str) -> None:
         for f in report.findings
         if f.code == case.finding and (any(case.culprit in p for p in f.paths) or case.culprit in f.message)
     ]
-    assert named, report.format()
+    assert named, str(report)
     assert named[0].cause and named[0].fix
 
 
@@ -35,9 +35,9 @@ def test_healthy_setup_has_no_findings() -> None:
     criterion(model(x), y).backward()
     opt.step()
     report = check_devices(model, {"x": x, "y": y, "scale": torch.tensor(0.5)}, optimizer=opt, criterion=criterion)
-    assert report.ok and not report.findings, report.format()
+    assert report.ok and not report.findings, str(report)
     assert report.expected == torch.device("meta")
-    assert report.format().endswith("no problems found")
+    assert str(report).endswith("no problems found")
 
 
 def test_adams_cpu_step_counter_is_not_a_finding() -> None:
@@ -150,7 +150,7 @@ def test_report_serialises_to_json() -> None:
 
 def test_format_lists_message_cause_and_fix() -> None:
     case = bm.loss_weights_on_cpu()
-    text = check_devices(case.model, case.batch, **case.check_kwargs).format()
+    text = check_devices(case.model, case.batch, **case.check_kwargs).text()
     assert "expected device: meta" in text
     assert "1. [error] `criterion.weight` is on cpu, but the model is on meta." in text
     assert "   fix: move it with the model: `criterion.to('meta')` for a module" in text
@@ -175,3 +175,9 @@ def test_format_lists_message_cause_and_fix() -> None:
 def test_arguments_of_the_wrong_type_are_named(args: tuple, kwargs: dict, match: str) -> None:
     with pytest.raises(TypeError, match=match):  # not an AttributeError from inside
         check_devices(*args, **kwargs)
+
+
+def test_print_of_a_report_is_the_text_the_cli_shows() -> None:
+    report = check_devices(torch.nn.Linear(2, 2), torch.ones(1, 2))
+    assert str(report) == report.text() and str(report).startswith("expected device: cpu")
+    assert report._repr_html_().startswith("<pre>expected device: cpu") and "DeviceReport(" not in str(report)

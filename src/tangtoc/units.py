@@ -46,3 +46,26 @@ def fmt_duration(s: float) -> str:
     if hours >= 48:
         return f"{s / 86400:.1f} days"
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+class ReadsAsText:
+    """A result that prints as the text the CLI shows: ``print(result)``, a rich console and a Jupyter cell all
+    render :meth:`text`, instead of a dataclass repr."""
+
+    __slots__ = ()
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def __rich__(self) -> str:
+        from rich.markup import escape  # rich is a dependency; imported here to keep this module light
+
+        return escape(self.text())
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(self.text())}</pre>"

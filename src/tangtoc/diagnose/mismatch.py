@@ -20,6 +20,7 @@ from torch import nn
 
 from tangtoc.device import DeviceLike, resolve
 from tangtoc.move import named_tensors
+from tangtoc.units import ReadsAsText
 
 Kind = Literal["parameter", "buffer", "attribute", "input", "named", "optimizer state"]
 Severity = Literal["error", "warning"]
@@ -105,7 +106,7 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceReport:
+class DeviceReport(ReadsAsText):
     """Every tensor's device (:attr:`placements`), the device they should share, and the problems found."""
 
     expected: torch.device | None
@@ -122,8 +123,8 @@ class DeviceReport:
         """How many tensors live on each device."""
         return dict(Counter(str(p.device) for p in self.placements))
 
-    def format(self) -> str:
-        """The report as text, for a log or a notebook."""
+    def text(self) -> str:
+        """The report as text, for a log or a notebook (also what ``print(report)`` shows)."""
         where = ", ".join(f"{n} on {d}" for d, n in self.devices().items()) or "no tensors"
         lines = [f"expected device: {self.expected} ({self.expected_reason})", f"tensors: {where}"]
         if not self.findings:
