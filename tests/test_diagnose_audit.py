@@ -426,3 +426,18 @@ def test_a_leaf_moved_to_the_device_keeps_its_gradient() -> None:
             w.grad = None
     assert all(g is not None for g in grads) and len(grads) == 2  # `w` is still the leaf autograd fills
     assert a.report().step_source == "backward()"
+
+
+def test_an_optimizer_calling_super_step_is_one_step_per_call() -> None:
+    class Clipped(torch.optim.SGD):  # a user's optimizer: torch wraps its step() and SGD's, so hooks run twice
+        def step(self, closure=None):  # type: ignore[no-untyped-def]
+            return super().step(closure)
+
+    model = nn.Linear(2, 2)
+    torch.optim.SGD(model.parameters(), lr=0.1)  # SGD's own step() is wrapped once an SGD is made
+    opt = Clipped(model.parameters(), lr=0.1)
+    with audit() as a:
+        for _ in range(3):
+            model(torch.ones(1, 2)).sum().backward()
+            opt.step()
+    assert len(a.report().steps) == 3

@@ -20,6 +20,7 @@ from tangtoc.diagnose import (
     check_devices,
     device_guard,
     explain,
+    profile,
 )
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, MixedDevicesError, TangtocError
 from tangtoc.move import as_tensor, device_of, fetch, named_tensors, pin, to_cpu, to_device, to_numpy
@@ -60,6 +61,7 @@ __all__ = [
     "named_tensors",
     "pick_device",
     "pin",
+    "profile",
     "resolve",
     "synchronize",
     "to_cpu",

@@ -51,63 +51,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _own_options(args: argparse.Namespace) -> tuple[int, str | None, list[str]] | str:
-    """(steps, JSON file, the script's arguments), or a usage error.
+def script_options(given: dict[str, object], rest: list[str]) -> tuple[dict[str, str | None], list[str]] | str:
+    """tangtoc's own options (by flag) and the script's arguments, or a usage error; shared with ``profile``.
 
-    tangtoc's options given before SCRIPT leave everything after it to the script, verbatim. Otherwise
-    ``--steps N`` and ``--json FILE`` after SCRIPT are tangtoc's (the usage line's form) and the rest, in
-    order, the script's.
+    ``given``: each of tangtoc's flags with the value parsed before SCRIPT (``None``: not given there). Any of
+    them given before SCRIPT leaves everything after it to the script, verbatim. Otherwise those flags after
+    SCRIPT (``--steps N``, ``--steps=N``) are tangtoc's, the usage line's form, and the rest, in order, the script's.
     """
-    steps: object = args.steps
-    json_file = args.json
+    values = {flag: None if v is None else str(v) for flag, v in given.items()}
+    if any(v is not None for v in values.values()):
+        return values, list(rest)
     script_args: list[str] = []
-    rest = list(args.script_args)
-    if steps is not None or json_file is not None:
-        script_args, rest = rest, []
     i = 0
     while i < len(rest):
         name, eq, value = rest[i].partition("=")
-        if name in ("--steps", "--json"):
+        if name in values:
             if not eq:
                 if i + 1 >= len(rest):
                     return f"{name} needs a value"
                 i += 1
                 value = rest[i]
-            if name == "--steps":
-                steps = value
-            else:
-                json_file = value
+            values[name] = value
         else:
             script_args.append(rest[i])
         i += 1
+    return values, script_args
+
+
+def count_option(flag: str, value: str | None, default: int, minimum: int) -> int | str:
+    """``value`` of ``flag`` as a whole number of steps (``default`` when not given), or a usage error."""
     try:
-        n = DEFAULT_STEPS if steps is None else int(str(steps))
+        n = default if value is None else int(value)
     except ValueError:
-        return f"--steps takes a whole number of steps, got {steps!r}"
-    if n < 1:
-        return f"--steps must be at least 1, got {n}"
-    return n, json_file, script_args
+        return f"{flag} takes a whole number of steps, got {value!r}"
+    if n < minimum:
+        return f"{flag} must be at least {minimum}, got {n}"
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
     ascii_fallback()
     err = console(stderr=True)
-    options = _own_options(args)
-    if isinstance(options, str):
-        _say(err, f"tangtoc audit: error: {options}")
+    options = script_options({"--steps": args.steps, "--json": args.json}, args.script_args)
+    steps = count_option("--steps", options[0]["--steps"], DEFAULT_STEPS, 1) if isinstance(options, tuple) else options
+    if isinstance(options, str) or isinstance(steps, str):
+        say(err, f"tangtoc audit: error: {steps}")
         return EXIT_USAGE
-    steps, json_file, script_args = options
+    values, script_args = options
+    json_file = values["--json"]
     if args.script is None:
-        _say(err, "tangtoc audit: error: give the training script to run, e.g. `tangtoc audit train.py --steps 10`.")
+        say(err, "tangtoc audit: error: give the training script to run, e.g. `tangtoc audit train.py --steps 10`.")
         return EXIT_USAGE
     try:
         check_writable(Path(json_file) if json_file else None, "--json")
         path = load_script(args.script)
     except UsageError as e:
-        _say(err, f"tangtoc audit: error: {e}")
+        say(err, f"tangtoc audit: error: {e}")
         return EXIT_USAGE
     except ScriptError as e:
-        _say(err, f"tangtoc audit: {e}")
+        say(err, f"tangtoc audit: {e}")
         return EXIT_FAILED
     audit = Audit(steps)
     run = run_script(path, script_args, audit)
@@ -115,17 +117,17 @@ def run(args: argparse.Namespace) -> int:
     _render(report, str(path), steps, run)
     if json_file:
         Path(json_file).write_text(to_json({**report.to_dict(), "run": run.to_dict()}) + "\n")
-        _say(console(), f"JSON report written to {json_file}")
+        say(console(), f"JSON report written to {json_file}")
     covered = f"the {len(report.steps)} step(s)" if report.steps else "the run (it ended before its first step)"
     if run.interrupted:
-        _say(err, f"tangtoc audit: interrupted; the report above is partial: it covers {covered} before.")
+        say(err, f"tangtoc audit: interrupted; the report above is partial: it covers {covered} before.")
         return run.status
     if run.error is not None:
-        _say(err, f"tangtoc audit: {path} raised {run.error}; the report covers {covered} before the error.")
+        say(err, f"tangtoc audit: {path} raised {run.error}; the report covers {covered} before the error.")
         return run.status
     status = run.status
     if report.other_thread_steps and not report.steps:
-        _say(
+        say(
             err,
             f"tangtoc audit: {path} ran its {report.other_thread_steps} optimizer step(s) in other threads than the "
             "one that runs the script; the audit sees only that thread, so those steps were not audited. Audit the "
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return status or EXIT_FAILED
     if report.step_source is None:
-        _say(
+        say(
             err,
             f"tangtoc audit: {path} finished without calling optimizer.step() or backward(), so there were no "
             "steps to audit (the findings above cover the whole run). To audit per step, mark the end of each step "
@@ -143,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def _say(where: Console, text: str) -> None:
+def say(where: Console, text: str) -> None:
     """Print ``text`` as is: no markup (code has brackets), no wrapping (file:line and code stay on one line)."""
     where.print(text, markup=False, soft_wrap=True)
 
@@ -198,17 +200,17 @@ def _render(report: AuditReport, script: str, asked: int, run: ScriptRun) -> Non
     ended = "" if report.stopped or not report.step_source else f"; the script ended after {n} of {asked} steps"
     if run.interrupted:
         ended = f"; PARTIAL: interrupted after {n} of {asked} steps"
-    _say(out, f"tangtoc audit: {script}: {n} step(s) ({source}{ended}); model on {report.device}")
+    say(out, f"tangtoc audit: {script}: {n} step(s) ({source}{ended}); model on {report.device}")
     if report.other_thread_steps:
-        _say(
+        say(
             out,
             f"Not seen: {report.other_thread_steps} optimizer step(s) taken in other threads. Only the thread that "
             "runs the script is audited; what those threads sync or copy is not in this report.",
         )
     if report.mode in _MODES:
-        _say(out, _MODES[report.mode])
+        say(out, _MODES[report.mode])
     if not report.findings and report.other_thread_steps:
-        _say(out, "Nothing found in the script's own thread; the steps in other threads were not audited.")
+        say(out, "Nothing found in the script's own thread; the steps in other threads were not audited.")
     elif not report.findings:
         out.print("[green]No syncs, copies or CPU-born tensors found in the audited steps.[/green]")
     per = max(n, 1)
@@ -217,20 +219,20 @@ def _render(report: AuditReport, script: str, asked: int, run: ScriptRun) -> Non
         code = f.location.code if f.location else ""
         size = f", {fmt_bytes(f.bytes / per)}/step" if f.bytes and f.kind != "sync" else ""
         via = f" inside {f.via}" if f.via else ""
-        _say(out, f"{i:>2}. {where}  {code}")
+        say(out, f"{i:>2}. {where}  {code}")
         cost = f"; {f.count / per:.1f}×/step{size}, ~{f.seconds_per_step * 1e6:.0f} µs/step" if f.count else ""
-        _say(out, f"    {f.op}{via} — {f.detail}{cost}" + _when(n, f.steps_seen, f.first_step, f.setup_count))
-        _say(out, f"    why: {f.why}")
-        _say(out, f"    fix: {f.fix}")
+        say(out, f"    {f.op}{via} — {f.detail}{cost}" + _when(n, f.steps_seen, f.first_step, f.setup_count))
+        say(out, f"    why: {f.why}")
+        say(out, f"    fix: {f.fix}")
     if report.setup is not None:
         s = report.setup
-        _say(
+        say(
             out,
             f"set-up (before the first step, outside the loop): {s.syncs} sync, {s.copies} copy "
             f"({fmt_bytes(s.copy_bytes)}), {s.cpu_tensors} CPU-born; one-offs, listed only where they cost per step",
         )
     if report.steps:
-        _say(
+        say(
             out,
             "per step: "
             + " | ".join(
@@ -239,8 +241,8 @@ def _render(report: AuditReport, script: str, asked: int, run: ScriptRun) -> Non
             ),
         )
     if report.events_after_last_step:
-        _say(out, f"({report.events_after_last_step} event(s) after the last step were not counted.)")
-    _say(
+        say(out, f"({report.events_after_last_step} event(s) after the last step were not counted.)")
+    say(
         out,
         f"µs/step are estimates to rank the findings, not measurements: a sync {SYNC_SECONDS * 1e6:.0f} µs, a copy "
         f"{COPY_LATENCY_SECONDS * 1e6:.0f} µs + bytes at {PAGEABLE_BYTES_PER_SECOND / 1e9:.0f} GB/s (pageable). "

@@ -6,7 +6,9 @@
   terms, with the fix;
 * :func:`device_guard` — catch a mismatch before the kernel runs and name the module, the tensor and the fix;
 * :func:`audit` — per training step, every cross-device copy, every host-device synchronization and every
-  tensor born on the CPU, each at the user's ``file:line``.
+  tensor born on the CPU, each at the user's ``file:line``;
+* :func:`profile` — where each training step's wall time goes (data, copies, forward, backward, optimizer, syncs,
+  other host time), and what bounds the step, with the first change to make.
 """
 
 from tangtoc.diagnose.audit import Audit, AuditReport, StopAudit, audit, mark_step
@@ -21,6 +23,8 @@ from tangtoc.diagnose.guard import (
     device_guard,
 )
 from tangtoc.diagnose.mismatch import DeviceReport, Finding, Placement, check_devices
+from tangtoc.diagnose.profile import Profile, StopProfile, profile
+from tangtoc.diagnose.profile_report import ProfileReport
 
 __all__ = [
     "Audit",
@@ -35,7 +39,10 @@ __all__ = [
     "GuardError",
     "OffDeviceInput",
     "Placement",
+    "Profile",
+    "ProfileReport",
     "StopAudit",
+    "StopProfile",
     "audit",
     "check_devices",
     "device_guard",
@@ -43,4 +50,5 @@ __all__ = [
     "mark_step",
     "parse_device_error",
     "parse_dtype_error",
+    "profile",
 ]

@@ -30,7 +30,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from tangtoc.errors import TangtocError, UsageError
 
@@ -118,8 +118,10 @@ def run_script(path: Path, script_args: list[str], within: AbstractContextManage
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *script_args]
     sys.path.insert(0, str(path.resolve().parent))
+    entered = False
     try:
         with within:
+            entered = True
             runpy.run_path(str(path), run_name="__main__")
         return ScriptRun(0)
     except SystemExit as e:
@@ -127,6 +129,8 @@ def run_script(path: Path, script_args: list[str], within: AbstractContextManage
     except KeyboardInterrupt:
         return ScriptRun(EXIT_INTERRUPTED, interrupted=True)
     except BaseException as e:  # the script's own error: shown as `python SCRIPT` would show it
+        if not entered:  # the watcher could not start: tangtoc's error, not the script's
+            raise
         traceback.print_exception(type(e), e, _user_traceback(e.__traceback__, str(path.resolve())))
         return ScriptRun(EXIT_FAILED, "".join(traceback.format_exception_only(type(e), e)).strip())
     finally:
@@ -184,8 +188,10 @@ class Steps:
         self.cadence: torch.optim.Optimizer | None = None
         self.marked = False
         self.other_thread_steps = 0
-        self.other_threads: set[int] = set()
-        self._hook: Any = None
+        self._hooks: list[Any] = []
+        # An optimizer whose step() calls super().step() runs the hooks once per class in the chain (torch wraps
+        # each class's step); only the outermost call is a step.
+        self._nesting = 0
 
     def owns(self) -> bool:
         """Whether the calling thread is the watched one."""
@@ -193,14 +199,16 @@ class Steps:
 
     def install(self) -> None:
         self.thread = threading.get_ident()
-        self._hook = register_optimizer_step_post_hook(self._on_optimizer_step)
+        self._hooks = [
+            register_optimizer_step_pre_hook(self._before_optimizer_step),
+            register_optimizer_step_post_hook(self._on_optimizer_step),
+        ]
         with _watchers_lock:
             _watchers.append(self)
 
     def uninstall(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        while self._hooks:
+            self._hooks.pop().remove()
         with _watchers_lock:
             if self in _watchers:
                 _watchers.remove(self)
@@ -211,12 +219,16 @@ class Steps:
         self.marked = True
         self.on_step("mark_step()", frame)
 
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self.owns():
+            self._nesting += 1
+
     def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if not self.owns():
             self.other_thread_steps += 1
-            self.other_threads.add(threading.get_ident())
             return
-        if self.marked:
+        self._nesting = max(self._nesting - 1, 0)
+        if self.marked or self._nesting:
             return
         if self.cadence is None:
             self.cadence = optimizer
