@@ -7,6 +7,7 @@ Each one is either moved faithfully or refused with an error that names the plac
 
 from __future__ import annotations
 
+import collections
 import itertools
 import re
 import sys
@@ -115,6 +116,28 @@ def test_an_iterator_is_refused_not_passed_through(make: Any, name: str) -> None
     with pytest.raises(UnmovableError, match=rf"cannot move a {name} at batch\['xs'\]: .*without consuming it.*list\("):
         tt.to_device({"xs": make([torch.ones(1), torch.ones(2)])}, "meta")
     assert issubclass(UnmovableError, TypeError)
+
+
+def test_an_iterator_refused_is_not_consumed() -> None:
+    gen = (t for t in [torch.ones(1), torch.ones(2)])
+    with pytest.raises(UnmovableError):
+        tt.to_device([gen], "meta")
+    assert next(gen).shape == (1,)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda t: collections.deque([t]), "deque"),
+        (lambda t: {"t": t}.values(), "dict_values"),
+        (lambda t: {"t": t}.items(), "dict_items"),
+    ],
+)
+def test_a_container_it_cannot_rebuild_is_refused_when_it_holds_tensors(make: Any, name: str) -> None:
+    with pytest.raises(UnmovableError, match=rf"cannot move a {name} at batch\['x'\]: it holds tensors.*list\("):
+        tt.to_device({"x": make(torch.ones(1))}, "meta")
+    kept = collections.deque(["a", "b"])
+    assert tt.to_device({"x": kept}, "meta")["x"] is kept  # nothing to move: kept, as before
 
 
 def test_an_open_file_is_not_taken_for_an_iterator(tmp_path: Path) -> None:

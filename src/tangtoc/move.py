@@ -40,13 +40,15 @@ other attribute, e.g. a ``BatchEncoding``'s encodings, is kept) and given the mo
 **Shapes no walk can take.** A subclass of list, tuple or set whose constructor takes other arguments than an
 iterable is rebuilt the way ``copy`` does it (its builtin base's ``__new__``, the items, its ``__dict__``), without
 ``__init__``. Refused, with the path from the top of the batch (``batch['input'][2]``): an iterator (a generator,
-``map``, ``zip``), whose contents cannot be seen without consuming them, with an ``UnmovableError``; a batch that
+``map``, ``zip``), whose contents cannot be seen without consuming them, and a container of another kind that
+holds tensors (a ``deque``, a dict's ``values()``), with an ``UnmovableError``; a batch that
 contains itself through lists, dicts, tuples or dataclasses (a cycle through an object ends, see above), or one
 nested deeper than Python's recursion limit, with a :class:`~tangtoc.errors.BatchStructureError`.
 """
 
 from __future__ import annotations
 
+import array
 import copy
 import dataclasses
 import enum
@@ -57,7 +59,7 @@ import threading
 import traceback
 import types
 from collections import UserDict, defaultdict
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -72,11 +74,13 @@ NonBlocking = bool | Literal["auto"]
 
 # Kinds of objects the walker meets. The first five are leaves that a caller's function converts. A _RECORD
 # (a torch.device or dtype) is kept as it is, except as an attribute of an _OBJECT (see the objects rule). An
-# _ITERATOR is refused: what it holds cannot be seen without consuming it.
+# _ITERATOR is refused: what it holds cannot be seen without consuming it. A _COLLECTION (a deque, a dict's
+# values()) is a container the walker cannot rebuild: refused when it holds something to move, else kept.
 (_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO, _MAPPING, _NAMEDTUPLE, _SEQUENCE, _SET, _DATACLASS, _OBJECT, _RECORD,
- _ITERATOR, _ATOM) = range(14)  # fmt: skip
+ _ITERATOR, _COLLECTION, _ATOM) = range(15)  # fmt: skip
 _LEAVES = frozenset((_TENSOR, _MODULE, _ARRAY, _NPSCALAR, _HAS_TO))
-_ATOM_TYPES = (str, bytes, bytearray, int, float, complex, type(None), range, slice)
+# memoryview and array.array hold only numbers: never walked item by item.
+_ATOM_TYPES = (str, bytes, bytearray, memoryview, array.array, int, float, complex, type(None), range, slice)
 # Instances of these have a __dict__ but are code, not data; a Python module's namespace reaches everything.
 _CODE_TYPES = (type, types.ModuleType, types.FunctionType, types.MethodType, functools.partial, enum.Enum)
 _NUMERIC_KINDS = frozenset("biufc")  # NumPy dtype kinds PyTorch can hold: bool, int, uint, float, complex
@@ -119,6 +123,8 @@ def _classify(tp: type) -> int:
         return _ITERATOR
     if (tp.__dictoffset__ or _slot_names(tp)) and not issubclass(tp, _CODE_TYPES):
         return _OBJECT
+    if issubclass(tp, Collection):
+        return _COLLECTION
     return _ATOM
 
 
@@ -176,13 +182,14 @@ def _rebuild(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[str
         return new
     if kind == _OBJECT:
         return _rebuild_object(obj, leaf, skip_keys)
-    if kind == _ITERATOR:
-        raise _IteratorInBatch(obj)  # _walk_batch names where it is
-    return obj  # a _RECORD outside an object: a device or dtype that is data, kept
+    if kind == _ITERATOR or (kind == _COLLECTION and any(_named_leaves(obj, "", set()))):
+        raise _Refused(obj)  # _walk_batch names where it is
+    return obj  # a _RECORD outside an object (a device or dtype that is data), or a collection of atoms: kept
 
 
-class _IteratorInBatch(Exception):
-    """Raised by the walk at an iterator; :func:`_walk_batch` turns it into an :class:`UnmovableError` with its path."""
+class _Refused(Exception):
+    """Raised by the walk at what it refuses; :func:`_walk_batch` turns it into an :class:`UnmovableError` with
+    its path."""
 
 
 def _walk_batch(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[str]) -> Any:
@@ -190,15 +197,20 @@ def _walk_batch(obj: Any, leaf: Callable[[Any, int], Any], skip_keys: frozenset[
     when it meets something it cannot walk, the batch is walked again, on this error path only, to name where."""
     try:
         return _rebuild(obj, leaf, skip_keys)
-    except _IteratorInBatch as e:
-        it = e.args[0]
-        where = next((f" at {_from_top(p)}" for p, x in _named_leaves(obj, "", set()) if x is it), "")
-        raise UnmovableError(
-            f"cannot move a {type(it).__qualname__}{where}: it is an iterator, and to_device cannot see what it "
-            "holds without consuming it (whoever reads it next would find it empty). Fix: pass a list, e.g. "
-            "`list(...)`, or move each item as you iterate: `for batch in batches: batch = tt.to_device(batch, "
-            "device)` (tt.Prefetcher does that while the previous step runs)."
-        ) from None
+    except _Refused as e:
+        refused = e.args[0]
+        name = type(refused).__qualname__
+        where = next((f" at {_from_top(p)}" for p, x in _named_leaves(obj, "", set()) if x is refused), "")
+        why = (
+            "it is an iterator, and to_device cannot see what it holds without consuming it (whoever reads it "
+            "next would find it empty). Fix: pass a list, e.g. `list(...)`, or move each item as you iterate: "
+            "`for batch in batches: batch = tt.to_device(batch, device)` (tt.Prefetcher does that while the "
+            "previous step runs)."
+            if _kind(refused) == _ITERATOR
+            else f"it holds tensors, and to_device rebuilds lists, tuples, sets, dicts, dataclasses and objects "
+            f"with attributes, but not a {name}. Fix: pass its items as a list, e.g. `list(...)`."
+        )
+        raise UnmovableError(f"cannot move a {name}{where}: {why}") from None
     except (RecursionError, BatchStructureError) as e:
         _check_walkable(obj, e)
         raise
@@ -634,10 +646,12 @@ def named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tenso
 def _named_leaves(
     obj: Any, prefix: str, seen: set[int], ancestors: dict[int, str] | None = None
 ) -> Iterator[tuple[str, Any]]:
-    """``(path, leaf)`` for every tensor, module, numeric NumPy value, object with its own ``.to`` and iterator in
-    ``obj``. ``seen`` holds the ids of the objects walked so far, so a cycle through an object ends (the walkers
-    copy an object once); ``ancestors`` the paths of the containers above, so a cycle of containers, which no walk
-    could end, raises :class:`BatchStructureError` naming it."""
+    """``(path, leaf)`` for every tensor, module, numeric NumPy value and object with its own ``.to`` in ``obj``,
+    and for what the walkers refuse: an iterator, or a collection they cannot rebuild holding any of those.
+
+    ``seen`` holds the ids of the objects walked so far, so a cycle through an object ends (the walkers copy an
+    object once); ``ancestors`` the paths of the containers above, so a cycle of containers, which no walk could
+    end, raises :class:`BatchStructureError` naming it."""
     kind = _kind(obj)
     if kind in _LEAVES and not (kind == _HAS_TO and isinstance(obj, Mapping)):
         if kind not in (_ARRAY, _NPSCALAR) or obj.dtype.kind in _NUMERIC_KINDS:
@@ -645,6 +659,11 @@ def _named_leaves(
         return
     if kind == _ITERATOR:
         yield prefix, obj
+        return
+    if kind == _COLLECTION:
+        # Yielded whole, as what the walkers refuse, when there is something to move inside.
+        if next(_named_leaves(tuple(obj), prefix, set()), None) is not None:
+            yield prefix, obj
         return
     children: Iterator[tuple[str, Any]]
     if kind in (_MAPPING, _HAS_TO):
