@@ -105,8 +105,10 @@ def test_the_rule_is_decided_once_and_not_searched_again() -> None:
     ids=["two-losses", "no-loss-in-tuple", "output-without-loss", "logits", "not-a-tensor"],
 )
 def test_ambiguous_or_missing_losses_name_what_was_found(make: Any, message: str) -> None:
+    rule = LossRule()
     with pytest.raises(ValueError, match=message):
-        LossRule().first(Returns(make), (X, Y))
+        rule.first(Returns(make), (X, Y))
+    assert not rule.decided  # nothing half-decided for a later batch to trust
 
 
 @pytest.mark.parametrize(

@@ -44,12 +44,14 @@ LABELS = "labels"  # the targets of a mapping batch under a loss_fn: the name Hu
 
 
 def default_optimizer(
-    params: Iterable[torch.Tensor], device: torch.device | str, lr: float = DEFAULT_LR
+    params: Iterable[torch.Tensor] | nn.Module, device: torch.device | str, lr: float = DEFAULT_LR
 ) -> torch.optim.Optimizer:
-    """AdamW over ``params`` with torch's defaults and ``lr``; the fused kernel (one launch for all parameters) on
-    CUDA, the foreach one (a few launches) elsewhere. ``device`` is where the step runs: advise counts on fake CPU
-    tensors the step a CUDA device would run, so it passes ``"cuda"``."""
+    """AdamW over ``params`` (or a module's parameters) with torch's defaults and ``lr``: the fused kernel (one
+    launch for all parameters) on CUDA, torch's own choice elsewhere. ``device`` is where the step runs: advise
+    counts on fake CPU tensors the step a CUDA device would run, so it passes ``"cuda"``."""
     kind = torch.device(device).type
+    if isinstance(params, nn.Module):
+        params = params.parameters()
     if kind == "cuda":
         return torch.optim.AdamW(params, lr=lr, fused=True)
     return torch.optim.AdamW(params, lr=lr)
@@ -340,18 +342,22 @@ class LossRule:
         """The loss of the first batch: decide how batches are called and where the loss is, and check it."""
         self._call = self._calling(batch)
         self._pick = None
-        self.decided = True
+        self.decided = True  # for bind(), below; undone if this batch shows that the rule cannot work
         try:
-            output = self.bind(forward)(batch) if self.loss_fn is not None else self._run(forward, batch)
-        except TypeError as e:
-            self._explain_call(forward, batch, e)
+            try:
+                output = self.bind(forward)(batch) if self.loss_fn is not None else self._run(forward, batch)
+            except TypeError as e:
+                self._explain_call(forward, batch, e)
+                raise
+            if self.loss_fn is not None:
+                loss = output
+            else:
+                self._pick = self._where(output, training)
+                loss = self._pick(output) if self._pick is not None else output
+            self._check(loss, training)
+        except BaseException:
+            self.decided = False
             raise
-        if self.loss_fn is not None:
-            loss = output
-        else:
-            self._pick = self._where(output, training)
-            loss = self._pick(output) if self._pick is not None else output
-        self._check(loss, output, training)
         return loss
 
     def _calling(self, batch: Any) -> str:
@@ -467,7 +473,7 @@ class LossRule:
             f"attribute{keys}."
         )
 
-    def _check(self, loss: Any, output: Any, training: bool) -> None:
+    def _check(self, loss: Any, training: bool) -> None:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
             got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             if self.loss_fn is not None:

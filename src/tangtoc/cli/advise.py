@@ -2,7 +2,9 @@
 
 The workload is a built-in model (``mlp``, ``cnn``, ``gpt`` with ``--size``) or the user's own, from
 ``--factory module:function`` (or ``path/to/file.py:function``): a function of no arguments that returns
-``(model, example_batch)`` or ``(model, example_batch, loss_fn)``.
+``(model, example_batch)`` or ``(model, example_batch, loss_fn)``. The batch becomes a loss as in ``tt.fit``
+(:mod:`tangtoc.step`): without a loss_fn the model returns its loss (a tensor, a Hugging Face output with labels
+in a dict batch, or ``(logits, loss)``).
 
 Exit status: 0 advice given, 1 the run failed, 2 usage error (bad flag, a factory that cannot be loaded or
 returns the wrong thing; its own traceback is shown as its own).
