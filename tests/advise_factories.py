@@ -75,3 +75,34 @@ def id_outside_vocabulary() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor
             return self.head(self.embed(ids).mean(1))  # IndexError: ids go up to 99, the table has 10 rows
 
     return Classifier(), (torch.randint(0, 100, (4, 5)), torch.randint(0, 3, (4,))), F.cross_entropy
+
+
+def hf_causal_lm() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A Hugging Face model (tiny, built here) and a dict batch with labels: the model returns its loss."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
+    ids = torch.randint(0, 64, (4, 16))
+    return transformers.GPT2LMHeadModel(config), {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": ids,
+    }
+
+
+def nanogpt_style() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """``forward(idx, targets) -> (logits, loss)``, as nanoGPT's model."""
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(64, 16), nn.Linear(16, 64)
+
+        def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.head(self.embed(idx))
+            return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    ids = torch.randint(0, 64, (4, 16))
+    return Tiny(), (ids, (ids + 1) % 64)

@@ -137,3 +137,13 @@ def test_a_user_factory_is_advised(factory: str, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert f"tangtoc advise: {factory}" in out and "1 epochs x 1,600 samples / batch 16 = 100 steps" in out
     assert "Recommendation:" in out
+
+
+@pytest.mark.usefixtures("factories_on_path")
+@pytest.mark.parametrize("factory", ["advise_factories:hf_causal_lm", "advise_factories:nanogpt_style"])
+def test_models_that_return_their_loss_are_advised(factory: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Hugging Face model on a dict batch with labels, and a (logits, loss) model: no loss_fn, no adapter."""
+    pytest.importorskip("transformers")
+    assert main(["advise", "--factory", factory, "--steps", "10", "--target", "h100", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "Recommendation:" in out and "Counted per step" in out and "batch 4" in out

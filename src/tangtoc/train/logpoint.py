@@ -1,4 +1,4 @@
-"""The log point: the one place a log interval's numbers cross from the device to the host.
+"""The log point: where a log interval's losses, gradient norms and work counts are read on the host, in one fetch.
 
 The hot loop keeps each micro-batch's loss on the device (detached, 0-dim) and, with ``clip_grad``, each step's
 gradient norm. :func:`read_interval` stacks them, finds the first non-finite step loss and averages on the device,
