@@ -92,13 +92,13 @@ def peak_key(
 @dataclass(frozen=True, slots=True)
 class Precision:
     """A resolved precision: ``name`` is ``"bf16"``, ``"fp16"``, ``"fp32"`` or ``"tf32"``; ``dtype`` the autocast
-    dtype (``None`` for fp32 and tf32, which run without autocast). ``tf32`` (default: on CUDA, except for
-    ``"fp32"`` made by :meth:`exactly`) lets float32 matmuls use TF32 tensor cores, as fit does."""
+    dtype (``None`` for fp32 and tf32, which run without autocast). ``tf32``: float32 matmuls on CUDA use TF32
+    tensor cores, as fit's do (``False`` only for advise's exact ``"fp32"``, see :meth:`exactly`)."""
 
     name: str
     dtype: torch.dtype | None
     device_type: str
-    tf32: bool | None = None
+    tf32: bool = True
 
     @staticmethod
     def exactly(name: str, device_type: str) -> Precision:
@@ -106,11 +106,11 @@ class Precision:
         ``"tf32"`` opts into TF32 matmuls, ``"bf16"`` and ``"fp16"`` are autocast (with TF32 matmuls, as fit)."""
         if name not in _DTYPES:
             raise ValueError(f"precision must be fp32, tf32, bf16 or fp16, got {name!r}.")
-        return Precision(name, _DTYPES[name], device_type, tf32=device_type == "cuda" and name != "fp32")
+        return Precision(name, _DTYPES[name], device_type, tf32=name != "fp32")
 
     @property
     def tf32_matmuls(self) -> bool:
-        return self.device_type == "cuda" and (self.tf32 if self.tf32 is not None else True)
+        return self.device_type == "cuda" and self.tf32
 
     def autocast(self) -> AbstractContextManager[object]:
         """The context the forward pass and the loss run in."""

@@ -17,7 +17,7 @@ sharded DCP checkpoints are the way.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,9 +25,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tangtoc.step import OptimizerFactory
 from tangtoc.train.distributed import Distributed
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 try:  # torch >= 2.6
     from torch.distributed.fsdp import fully_shard
