@@ -121,6 +121,10 @@ def _deep(levels: int) -> Any:
     return batch
 
 
+async def _agen() -> Any:
+    yield torch.ones(1)
+
+
 def _files(folder: Path, **contents: bytes) -> Path:
     for name, data in contents.items():
         (folder / name).write_bytes(data)
@@ -298,7 +302,43 @@ CASES = [
         (MixedDevicesError, r"Fix: move everything"),
         after=lambda: _MIXED["a"].device.type == "cpu",
     ),
+    Case(
+        "move",
+        "skip-keys-a-string",
+        lambda d: tt.to_device({"ids": torch.ones(1)}, "meta", skip_keys="ids"),
+        (TypeError, r"skip_keys must be a tuple of names, got the string 'ids'\. Fix: skip_keys=\('ids',\)"),
+    ),
+    Case(
+        "move",
+        "non-blocking-a-string",
+        lambda d: tt.to_device(torch.ones(1), "meta", non_blocking="yes"),
+        (ValueError, r"non_blocking must be True, False or 'auto', got 'yes'"),
+    ),
+    Case("move", "async-generator", lambda d: tt.to_device({"a": _agen()}, "meta"), (UnmovableError, r"async_gen")),
     # -------------------------------------------------------------------- data: corpora and loaders
+    Case(
+        "data",
+        "max-bytes-float",
+        lambda d: text_corpus(_files(d, a=TEXT), max_bytes=1e5),
+        (ValueError, r"max_bytes must be an int > 0, got 100000\.0"),
+    ),
+    Case(
+        "data",
+        "val-fraction-str",
+        lambda d: text_corpus(_files(d, a=TEXT), val_fraction="0.1"),
+        (ValueError, r"val_fraction must be a number in \(0, 1\), got '0\.1'"),
+    ),
+    Case("data", "windows-block-float", lambda d: lm_windows(torch.arange(9), 2.5), (ValueError, r"int > 0, got 2\.5")),
+    Case("data", "rank-float", lambda d: _loader(rank=0.5, world_size=2), (ValueError, r"rank=0\.5")),
+    Case("data", "world-size-float", lambda d: _loader(rank=0, world_size=1.5), (ValueError, r"world_size=1\.5")),
+    Case("data", "set-epoch-float", lambda d: _loader().set_epoch(0.5), (ValueError, r"int >= 0, got 0\.5")),
+    Case(
+        "data",
+        "state-position-str",
+        lambda d: _loader().load_state_dict({**_loader().state_dict(), "position": "1"}),
+        (ValueError, r"position '1' is not an int in 0\.\.5"),
+    ),
+    Case("data", "synthetic-n-float", lambda d: synthetic_classification(2.5), (ValueError, r"n=2\.5")),
     Case("data", "missing", lambda d: text_corpus(d / "nowhere"), (CorpusError, r"Fix: pass a text file")),
     Case("data", "fifo-alone", lambda d: text_corpus(_fifo(d)), (CorpusError, r"is a FIFO.*Fix")),
     Case("data", "dev-zero", lambda d: text_corpus("/dev/zero"), (CorpusError, r"character device.*Fix")),
@@ -344,7 +384,12 @@ CASES = [
         lambda d: text_corpus(_files(d, a=TEXT), val_fraction=1.5),
         (ValueError, r"in \(0, 1\), got 1\.5"),
     ),
-    Case("data", "windows-block-0", lambda d: lm_windows(torch.arange(9), 0), (ValueError, r"block_size must be > 0")),
+    Case(
+        "data",
+        "windows-block-0",
+        lambda d: lm_windows(torch.arange(9), 0),
+        (ValueError, r"block_size must be an int > 0, got 0"),
+    ),
     Case("data", "windows-short", lambda d: lm_windows(torch.arange(3), 8), (CorpusError, r"smaller block_size")),
     Case("data", "seed-negative", lambda d: _loader(seed=-1), (ValueError, r"seed must be an int >= 0.*seed=0")),
     Case("data", "seed-float", lambda d: _loader(seed=0.5), (ValueError, r"seed must be an int >= 0, got 0\.5")),
@@ -361,7 +406,12 @@ CASES = [
         (ValueError, r"same first dimension, got sizes \[3, 4\]"),
     ),
     Case("data", "scalar-tensor", lambda d: ResidentLoader(torch.tensor(1.0), batch_size=1), (ValueError, r"0-dim")),
-    Case("data", "set-epoch-negative", lambda d: _loader().set_epoch(-1), (ValueError, r"epoch must be >= 0")),
+    Case(
+        "data",
+        "set-epoch-negative",
+        lambda d: _loader().set_epoch(-1),
+        (ValueError, r"epoch must be an int >= 0, got -1"),
+    ),
     Case(
         "data",
         "state-other-seed",

@@ -59,7 +59,7 @@ import threading
 import traceback
 import types
 from collections import UserDict, defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, MutableMapping
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -119,7 +119,7 @@ def _classify(tp: type) -> int:
         return _RECORD
     # Generators, map, zip, a DataLoader's iterator... Open files are iterators too, but data a batch may carry
     # along (their lines are not its tensors): they stay objects, walked like any other.
-    if issubclass(tp, Iterator) and not issubclass(tp, io.IOBase):
+    if issubclass(tp, (Iterator, AsyncIterator)) and not issubclass(tp, io.IOBase):
         return _ITERATOR
     if (tp.__dictoffset__ or _slot_names(tp)) and not issubclass(tp, _CODE_TYPES):
         return _OBJECT
@@ -475,7 +475,7 @@ def to_device(
             CPU tensor going to CUDA). ``True`` forces it; copies *to the CPU* are then awaited once, before
             returning, so the result is always complete.
         skip_keys: mapping keys and dataclass/namedtuple field and object attribute names whose values are
-            left where they are.
+            left where they are, as a tuple (one string alone is refused: it would be read as its letters).
         float_dtype: opt-in, e.g. ``torch.float32`` for a float32 model fed NumPy's float64. Every floating
             tensor and array of another floating dtype is cast to it: float64 *and* float16/bfloat16 ones,
             and those already on ``device`` too (a cast makes a new tensor). Integer, bool and complex
@@ -485,6 +485,12 @@ def to_device(
     if float_dtype is not None and not (isinstance(float_dtype, torch.dtype) and float_dtype.is_floating_point):
         raise ValueError(
             f"float_dtype must be a floating-point torch.dtype such as torch.float32; got {float_dtype!r}."
+        )
+    if non_blocking is not True and non_blocking is not False and non_blocking != "auto":
+        raise ValueError(f"non_blocking must be True, False or 'auto', got {non_blocking!r}.")
+    if isinstance(skip_keys, str):  # frozenset("ids") would skip the keys "i", "d" and "s"
+        raise TypeError(
+            f"skip_keys must be a tuple of names, got the string {skip_keys!r}. Fix: skip_keys=({skip_keys!r},)."
         )
     return _move(obj, resolve(device), non_blocking, frozenset(skip_keys), detach=False, float_dtype=float_dtype)
 

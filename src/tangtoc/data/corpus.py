@@ -8,6 +8,7 @@ corpus every test and demonstration can count on; any other text file or folder 
 from __future__ import annotations
 
 import errno
+import numbers
 import os
 import stat
 import sysconfig
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from tangtoc.data.checks import is_count
 from tangtoc.device import DeviceLike, resolve
 from tangtoc.errors import CorpusError
 
@@ -63,11 +65,11 @@ def lm_windows(
     """
     if tokens.dim() != 1:
         raise ValueError(f"lm_windows needs a 1-D token stream, got shape {tuple(tokens.shape)}.")
-    if block_size <= 0:
-        raise ValueError(f"lm_windows: block_size must be > 0, got {block_size}.")
+    if not is_count(block_size, 1):
+        raise ValueError(f"lm_windows: block_size must be an int > 0, got {block_size!r}.")
     stride = block_size if stride is None else stride
-    if stride <= 0:
-        raise ValueError(f"lm_windows: stride must be > 0, got {stride}.")
+    if not is_count(stride, 1):
+        raise ValueError(f"lm_windows: stride must be an int > 0, got {stride!r}.")
     if tokens.numel() < block_size + 1:
         raise CorpusError(
             f"lm_windows: {tokens.numel()} tokens cannot make one window of block_size {block_size} (it needs "
@@ -138,10 +140,10 @@ def _walk(root: Path, skip: frozenset[str]) -> list[Path]:
 
 
 def _build(files: list[Path], source: str, max_bytes: int, val_fraction: float) -> ByteCorpus:
-    if max_bytes <= 0:
-        raise ValueError(f"max_bytes must be > 0, got {max_bytes}.")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    if not is_count(max_bytes, 1):
+        raise ValueError(f"max_bytes must be an int > 0, got {max_bytes!r}.")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}.")
     buf = bytearray()
     used = 0
     left_out: Counter[str] = Counter()
@@ -229,7 +231,7 @@ def synthetic_classification(
     Created directly on ``device`` (seed 4.3: no transfer) with a generator there: the same seed gives the same
     data on the same kind of device.
     """
-    if n <= 0 or features <= 0 or classes < 2:
+    if not (is_count(n, 1) and is_count(features, 1) and is_count(classes, 2)):
         raise ValueError(f"need n > 0, features > 0, classes >= 2; got n={n}, features={features}, classes={classes}.")
     dev = resolve(device)
     g = torch.Generator(dev).manual_seed(seed)
@@ -250,7 +252,7 @@ def synthetic_regression(
     """``(x, y)``: ``y = x @ W + noise * N(0, 1)`` with a fixed random ``W``; float32, ``y`` of shape
     ``(n, outputs)``. The best possible mean squared error is ``noise ** 2``. Created on ``device`` like
     :func:`synthetic_classification`."""
-    if n <= 0 or features <= 0 or outputs <= 0 or noise < 0:
+    if not (is_count(n, 1) and is_count(features, 1) and is_count(outputs, 1)) or not noise >= 0:
         raise ValueError(
             f"need n, features, outputs > 0 and noise >= 0; got n={n}, features={features}, outputs={outputs}, "
             f"noise={noise}."

@@ -8,13 +8,13 @@ per-batch host-to-device copy.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from tangtoc.data.checks import is_count
 from tangtoc.device import DeviceLike, describe, resolve
 from tangtoc.errors import DataTooLargeError
 from tangtoc.move import pin, to_device
@@ -50,7 +50,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _check_shard(rank: int, world_size: int) -> None:
-    if world_size < 1 or not 0 <= rank < world_size:
+    if not (is_count(world_size, 1) and is_count(rank) and rank < world_size):
         raise ValueError(f"ResidentLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
 
 
@@ -106,9 +106,9 @@ class ResidentLoader:
         sizes = [t.shape[0] for t in tensors]
         if len(set(sizes)) != 1:
             raise ValueError(f"ResidentLoader: the tensors must have the same first dimension, got sizes {sizes}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        if not is_count(batch_size, 1):
             raise ValueError(f"ResidentLoader: batch_size must be a positive int, got {batch_size!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        if not is_count(seed):
             # NumPy's SeedSequence takes only non-negative ints, and would refuse this at the first epoch.
             raise ValueError(
                 f"ResidentLoader: seed must be an int >= 0, got {seed!r}. Fix: pass a non-negative int, e.g. seed=0."
@@ -127,7 +127,7 @@ class ResidentLoader:
         if moving:
             check_fits(moving, describe(self.device).free_memory, self.device, memory_fraction)
         self.tensors: tuple[torch.Tensor, ...] = tuple(to_device(t, self.device) for t in tensors)
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)  # a NumPy int too: state_dict() holds plain ints
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = int(seed)  # a NumPy int too; a plain int keeps state_dict() loadable with weights_only=True
@@ -139,8 +139,7 @@ class ResidentLoader:
         the start of the current epoch. :func:`~tangtoc.train.fit` calls it on a loader built before the
         process group existed, which therefore took the whole data set."""
         _check_shard(rank, world_size)
-        self.rank = rank
-        self.world_size = world_size
+        self.rank, self.world_size = int(rank), int(world_size)
         self.num_samples = self.tensors[0].shape[0] // world_size  # samples this rank sees per epoch
         self.position = 0  # batches of the current epoch already yielded
 
@@ -184,8 +183,8 @@ class ResidentLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch (what ``DistributedSampler.set_epoch`` does)."""
-        if epoch < 0:
-            raise ValueError(f"ResidentLoader.set_epoch: epoch must be >= 0, got {epoch}.")
+        if not is_count(epoch):
+            raise ValueError(f"ResidentLoader.set_epoch: epoch must be an int >= 0, got {epoch!r}.")
         self.epoch, self.position = epoch, 0
 
     def state_dict(self) -> dict[str, int]:
@@ -210,9 +209,11 @@ class ResidentLoader:
                     f"{getattr(self, key)!r}; resuming would not continue the same sequence of batches. Build the "
                     "loader with the same data, seed, batch_size and sharding as the run that saved it."
                 )
-        position = state["position"]
-        if not 0 <= position <= len(self):
-            raise ValueError(f"ResidentLoader.load_state_dict: position {position} is outside 0..{len(self)}.")
+        position, epoch = state["position"], state["epoch"]
+        if not is_count(position) or position > len(self):
+            raise ValueError(f"ResidentLoader.load_state_dict: position {position!r} is not an int in 0..{len(self)}.")
+        if not is_count(epoch):
+            raise ValueError(f"ResidentLoader.load_state_dict: epoch {epoch!r} is not an int >= 0.")
         self.epoch, self.position = int(state["epoch"]), int(position)
 
     def __repr__(self) -> str:
