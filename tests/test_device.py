@@ -169,7 +169,7 @@ def test_alias_suggestion_keeps_the_index() -> None:
         ("CUDA:x", "'x' after ':' is not a device index", "cuda"),
         ("gpu:-1", "'-1' after ':' is not a device index", "cuda"),
         ("meta:0:1", "'0:1' after ':' is not a device index", "meta"),
-        ("cuda:", "nothing follows ':'", "cuda"),
+        ("cuda:", "nothing after ':' is a device index", "cuda"),
     ],
 )
 def test_a_bad_index_suggests_the_device_without_it(spec: str, problem: str, meant: str) -> None:

@@ -148,8 +148,8 @@ def _parse(spec: DeviceLike) -> torch.device | None:
         meant = close[0] if close else None
     if meant is not None and numbered and ":" not in meant and meant != "auto":
         meant += f":{index}"  # the name was wrong, the index was not: 'gpu:1' meant 'cuda:1'
-    bad_index = f"{index!r} after ':' is not a device index" if index else "nothing follows ':'"
-    problem = f": {bad_index} (0, 1, ...)." if colon and not numbered else "."
+    bad_index = f"{index!r} after ':' is not" if index else "nothing after ':' is"
+    problem = f": {bad_index} a device index (0, 1, ...)." if colon and not numbered else "."
     suggestion = f" Did you mean {meant!r}?" if meant else ""
     raise InvalidDeviceError(
         f"unknown device {spec!r}{problem}{suggestion} Valid names: {', '.join(KINDS)}, or an indexed form like "
