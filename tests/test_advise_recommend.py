@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tangtoc.advise import measure as advise_measure
 from tangtoc.advise import recommend
 from tangtoc.advise.count import batch_size_of
 from tangtoc.advise.decide import Crossover, GpuOption, LinearFit, decide, find_crossover
@@ -265,14 +266,14 @@ def test_advise_measures_the_gpu_here_and_checks_its_prediction() -> None:
 
 def test_the_link_is_measured_from_memory_that_holds_data(monkeypatch: pytest.MonkeyPatch) -> None:
     # An untouched torch.empty buffer reads as the kernel's shared zero page: the copy would look too fast.
-    buf = recommend.host_buffer(3 * 4096 + 7)
+    buf = advise_measure.host_buffer(3 * 4096 + 7)
     assert buf.dtype == torch.uint8 and int((buf == 0).sum()) == 0
     made: list[int] = []
 
     def spy(nbytes: int, *, pinned: bool = False) -> torch.Tensor:
         made.append(nbytes)
-        return recommend.torch.full((nbytes,), 1, dtype=torch.uint8)
+        return torch.full((nbytes,), 1, dtype=torch.uint8)
 
-    monkeypatch.setattr(recommend, "host_buffer", spy)
-    assert recommend.measure_link("cpu", nbytes=1 << 16) > 0
+    monkeypatch.setattr(advise_measure, "host_buffer", spy)
+    assert advise_measure.measure_link("cpu", nbytes=1 << 16) > 0
     assert made == [1 << 16]

@@ -2,6 +2,7 @@
 
 * :mod:`~tangtoc.advise.count`: FLOPs, bytes and kernels of one training step, counted on fake tensors;
 * :mod:`~tangtoc.advise.predict`: a roofline and launch-overhead prediction of that step on a named GPU;
+* :mod:`~tangtoc.advise.measure`: the step fit runs, timed here, and the host-to-device link;
 * :mod:`~tangtoc.advise.recommend`: :func:`advise` measures the step on the CPU and every accelerator here,
   predicts it for target GPUs, finds the batch size where the answer flips, and recommends.
 
@@ -12,8 +13,9 @@
 
 from tangtoc.advise.count import CountError, CountingMode, OpCall, StepCount, count_step
 from tangtoc.advise.decide import Crossover, LinearFit, MeasuredStep
+from tangtoc.advise.measure import measure_step
 from tangtoc.advise.predict import Assumptions, Prediction, predict
-from tangtoc.advise.recommend import Advice, Check, advise, measure_step
+from tangtoc.advise.recommend import Advice, Check, advise
 
 __all__ = [
     "Advice",
