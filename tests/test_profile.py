@@ -193,6 +193,12 @@ def gpu(busy: float, kernels: float = 100) -> DeviceTimes:
             "the GPU is busy 95 % of the step; forward, backward and optimizer are 40 %",
         ),
         (
+            split(forward=0.5, other=0.5),
+            {"device": gpu(3.0)},
+            "compute-bound",
+            "the GPU needs 300 ms per step and the host 100 ms: the host runs ahead until the queue fills",
+        ),
+        (
             split(forward=0.4, backward=0.4, optimizer=0.1),
             {"device": gpu(0.3, kernels=900)},
             "host-bound",

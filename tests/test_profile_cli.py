@@ -11,7 +11,7 @@ import torch
 
 from tangtoc.cli import main
 
-CORPUS = Path(__file__).resolve().parent / "profile_corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "examples" / "profile"
 
 
 @pytest.fixture(autouse=True)

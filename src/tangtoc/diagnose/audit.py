@@ -180,6 +180,8 @@ class Audit:
                 else:  # gradients accumulate: the same step goes on
                     self._fold_pending()
             leaves = _leaves(args[0])
+            if self._model_device is None and leaves:  # no optimizer to say it: where the gradients go
+                self._model_device = leaves[0].device
         out = func(*args, **kwargs)
         if counting and not self.stopped:
             self._grads = [(weakref.ref(p), id(p.grad), -1 if p.grad is None else p.grad._version) for p in leaves]

@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -186,7 +187,9 @@ class Profile:
 
         try:
             self._device_profiler = profile(activities=[ProfilerActivity.CUDA])
-            self._device_profiler.__enter__()
+            with warnings.catch_warnings():  # its notes on cycles and schedules are about its own use, not ours
+                warnings.simplefilter("ignore")
+                self._device_profiler.__enter__()
         except Exception as e:  # no CUPTI: the host's split stands without the device's view
             self._device_profiler = None
             self._device_error = f"the device's busy time (PyTorch's profiler failed: {e})"
@@ -195,8 +198,11 @@ class Profile:
         prof, self._device_profiler = self._device_profiler, None
         if prof is None:
             return
-        prof.__exit__(None, None, None)
-        if not self._device_steps:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prof.__exit__(None, None, None)
+        steady = [s for s in self._done if not s.warmup]
+        if not self._device_steps or not steady:
             return
         # Busy means computing: kernels only. A GPU busy copying is a transfer-bound one, and the host's copy
         # phase says so.
@@ -205,9 +211,10 @@ class Profile:
             for e in prof.profiler.kineto_results.events()
             if e.device_type() == torch.autograd.DeviceType.CUDA and not e.name().startswith(("Memcpy", "Memset"))
         ]
+        # Against the timed steps' wall time: the profiled ones are slowed by the profiler on the host side.
         n = len(self._device_steps)
         busy = _union_ns(intervals) / 1e9 / n
-        self.device_times = DeviceTimes(n, busy, sum(self._device_steps) / n, len(intervals) / n)
+        self.device_times = DeviceTimes(n, busy, mean_seconds(steady)[1], len(intervals) / n)
 
     # --- the hooks ---
     def _owns(self) -> bool:

@@ -71,7 +71,7 @@ class DeviceTimes:
 
     steps: int
     busy_seconds: float  # per step: the union of its kernels' intervals (copies are not compute)
-    wall_seconds: float  # per step, on the host clock, in those steps
+    wall_seconds: float  # per timed step, on the host clock: more busy than that means the GPU sets the pace
     kernels: float  # kernel launches per step
 
     @property
@@ -203,7 +203,14 @@ def _host(share: dict[str, float], model: float, ops: float | None, device: Devi
 
 
 def _compute(share: dict[str, float], device: DeviceTimes | None) -> Verdict:
-    busy = f"the GPU is busy {_pct(device.busy_share)} of the step; " if device is not None else ""
+    busy = ""
+    if device is not None and device.busy_seconds > device.wall_seconds:
+        busy = (
+            f"the GPU needs {fmt_seconds(device.busy_seconds)} per step and the host {fmt_seconds(device.wall_seconds)}"
+            ": the host runs ahead until the queue fills and the GPU sets the pace (the times below are the host's); "
+        )
+    elif device is not None:
+        busy = f"the GPU is busy {_pct(device.busy_share)} of the step; "
     model = share["forward"] + share["backward"] + share["optimizer"]
     return Verdict(
         "compute-bound",
