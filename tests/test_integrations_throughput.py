@@ -161,3 +161,18 @@ def test_without_a_peak_nothing_is_counted() -> None:
     meter = Meter(CPU, Peak(None, "none", ""))
     meter.batch_start(nn.Linear(8, 4), (torch.randn(3, 8),))
     assert not meter.counting and meter.flops_by_shape == {}
+
+
+def test_a_step_with_a_counted_micro_batch_is_left_out() -> None:
+    # gradient accumulation: the counter ran in the first micro-batch only, and stopped before the step ended
+    meter = Meter(CPU, Peak(1e3, "test", ""), Clock(0.0, 1.0, 1.0))
+    model = nn.Linear(8, 4)
+    meter.step_start()
+    for _ in range(2):
+        x = torch.randn(3, 8)
+        meter.batch_start(model, (x,))
+        _train(model, x)
+        meter.batch_end()
+    assert not meter.counting
+    meter.step_end(False)
+    assert meter.read() == {}

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from tangtoc.device import tf32_matmul_enabled
-from tangtoc.integrations.watch import Echo, Watch, check_options, to_stderr
+from tangtoc.diagnose import AuditReport
+from tangtoc.integrations.watch import Echo, Watch, to_stderr
 
 try:
     from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -69,13 +70,12 @@ class TangtocCallback(TrainerCallback):
     def __init__(
         self, audit_steps: int = 5, guard: bool = False, peak_flops: float | None = None, echo: Echo | None = to_stderr
     ) -> None:
-        check_options(audit_steps, peak_flops)
         self.watch = Watch(audit_steps, guard, peak_flops, echo)
         self._hook: Any = None
         self._first = False
 
     @property
-    def audit_report(self) -> Any:
+    def audit_report(self) -> AuditReport | None:
         """The audit's :class:`~tangtoc.diagnose.AuditReport`, once the audited steps are done (else ``None``)."""
         return self.watch.audit_report
 
@@ -92,6 +92,7 @@ class TangtocCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self.close()  # a previous train() that raised left its hook, audit or guard behind
         model: nn.Module = kwargs["model"]
         optimizer = kwargs.get("optimizer")
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer

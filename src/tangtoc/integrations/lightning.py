@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from tangtoc.device import tf32_matmul_enabled
-from tangtoc.integrations.watch import Echo, Watch, check_options, to_stderr
+from tangtoc.diagnose import AuditReport
+from tangtoc.integrations.watch import Echo, Watch, to_stderr
 
 try:
     import lightning as L
@@ -74,13 +75,12 @@ class TangtocCallback(L.Callback):
     def __init__(
         self, audit_steps: int = 5, guard: bool = False, peak_flops: float | None = None, echo: Echo | None = to_stderr
     ) -> None:
-        check_options(audit_steps, peak_flops)
         self.watch = Watch(audit_steps, guard, peak_flops, echo)
         self._model: nn.Module | None = None
         self._last_step = 0
 
     @property
-    def audit_report(self) -> Any:
+    def audit_report(self) -> AuditReport | None:
         """The audit's :class:`~tangtoc.diagnose.AuditReport`, once the audited steps are done (else ``None``)."""
         return self.watch.audit_report
 
@@ -113,7 +113,8 @@ class TangtocCallback(L.Callback):
             return
         self._last_step = step
         self.watch.step_end(step)
-        if step % trainer.log_every_n_steps == 0:
+        every = trainer.log_every_n_steps
+        if every and step % every == 0:  # Lightning's own cadence; 0 logs nothing
             numbers = self.watch.read()
             if numbers and trainer.is_global_zero:
                 for logger in trainer.loggers:

@@ -116,6 +116,7 @@ class Meter:
         self.flops_by_shape: dict[Shape, float] = {}
         self._counter: Counter | None = None
         self._counting: tuple[FlopCounterMode, Shape] | None = None
+        self._counted = False  # a micro-batch of the step under way ran under the counter
         self._step = _Work()  # the micro-batches of the step under way
         self._interval = _Work()
         self._seconds = 0.0
@@ -146,6 +147,7 @@ class Meter:
         mode = FlopCounterMode(display=False)
         mode.__enter__()
         self._counting = (mode, shape)
+        self._counted = True
 
     def batch_end(self) -> None:
         """The micro-batch's backward is done: stop the FLOP counter if it runs, and cache its count."""
@@ -158,11 +160,12 @@ class Meter:
         self._step.flops += self.flops_by_shape[shape]
 
     def step_end(self, instrumented: bool) -> None:
-        """One optimizer step done. An ``instrumented`` step (audited, or FLOP-counted) is left out of the rates: the
-        device is synchronized so that the next step's time starts once its work is done."""
+        """One optimizer step done. A step that was ``instrumented`` (audited) or FLOP-counted is left out of the
+        rates: the device is synchronized so that the next step's time starts once its work is done."""
         self.batch_end()
         step, self._step = self._step, _Work()
-        if instrumented:
+        if instrumented or self._counted:
+            self._counted = False
             synchronize(self.device)
             self._since = self.clock()
             return

@@ -32,8 +32,7 @@ def to_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def check_options(audit_steps: int, peak_flops: float | None) -> None:
-    """The callbacks' arguments, checked when the callback is made (not at the first step)."""
+def _check(audit_steps: int, peak_flops: float | None) -> None:
     if isinstance(audit_steps, bool) or not isinstance(audit_steps, int) or audit_steps < 0:
         raise ValueError(f"audit_steps must be a whole number of steps, 0 for no audit, got {audit_steps!r}.")
     if peak_flops is not None and not (isinstance(peak_flops, (int, float)) and peak_flops > 0):
@@ -76,6 +75,7 @@ class Watch:
         echo: Echo | None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        _check(audit_steps, peak_flops)  # when the callback is made, not at the first step
         self.audit_steps = audit_steps
         self.guard = guard
         self.peak_flops = peak_flops
@@ -132,11 +132,10 @@ class Watch:
         if self.meter is None:
             return
         audited = self._audit is not None
-        instrumented = audited or self.meter.counting
         self.meter.batch_end()  # the FLOP counter is inside the audit: it stops first
         if audited and step >= self._audit_until:
             self._end_audit()
-        self.meter.step_end(instrumented)
+        self.meter.step_end(audited)
 
     def idle(self) -> None:
         if self.meter is not None:
