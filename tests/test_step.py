@@ -223,3 +223,16 @@ def test_batch_size_of_any_batch() -> None:
     assert batch_size_of((np.zeros((7, 2)), np.zeros(7))) == 7
     with pytest.raises(ValueError, match="holds no tensor"):
         batch_size_of(["text"])
+
+
+def test_fit_takes_loss_from() -> None:
+    import tangtoc as tt
+
+    model = Returns(lambda loss, logits: (loss, loss * 2))  # two candidates: fit cannot choose
+    with pytest.raises(ValueError, match="fit: the model returned a tuple of 2"):
+        tt.fit(model, [(X, Y)], steps=1, progress=False, device="cpu")
+    before = float(F.cross_entropy(model.lin(X), Y))  # the one step's loss, taken before its update
+    result = tt.fit(model, [(X, Y)], steps=1, log_every=1, progress=False, device="cpu", loss_from=0)
+    assert result.loss == pytest.approx(before, rel=1e-6)
+    with pytest.raises(TypeError, match="fit: loss_from must be a key or attribute name"):
+        tt.fit(model, [(X, Y)], steps=1, progress=False, device="cpu", loss_from=1.5)  # type: ignore[arg-type]

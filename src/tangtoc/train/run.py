@@ -64,6 +64,7 @@ class Run:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.rule = LossRule(loss_fn, config.loss_from)  # checks loss_from before anything moves
         self.watch = Stopwatch()
         self.cfg = config
         self.device = device
@@ -80,7 +81,6 @@ class Run:
         )
         self.forward = torch.compile(wrapped) if config.compile else wrapped
         self.no_sync = micro_step_context(wrapped) if config.grad_accum > 1 else None
-        self.rule = LossRule(loss_fn, config.loss_from)
         self.eval_data = eval_data
         self.callbacks = callbacks
         info = describe(device)
