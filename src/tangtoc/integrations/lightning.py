@@ -117,8 +117,11 @@ class TangtocCallback(L.Callback):
         if every and step % every == 0:  # Lightning's own cadence; 0 logs nothing
             numbers = self.watch.read()
             if numbers and trainer.is_global_zero:
+                # The step Lightning logs its own metrics at (and its LearningRateMonitor and DeviceStatsMonitor
+                # log at): the rows line up with the module's self.log() ones in every logger.
+                at = trainer.fit_loop.epoch_loop._batches_that_stepped
                 for logger in trainer.loggers:
-                    logger.log_metrics(numbers, step=step)
+                    logger.log_metrics(numbers, step=at)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.watch.idle()

@@ -50,14 +50,14 @@ def audit_summary(report: AuditReport, limit: int = 10) -> str:
     gpu = " (no GPU in use: what would sync or copy on one)" if report.mode != "observed" else ""
     if report.steps:
         head = f"tangtoc audit of the first {len(report.steps)} step(s), model on {report.device}{gpu}: "
-        head += f"{syncs:g} sync(s) and {copies:g} copy(ies) ({fmt_bytes(moved)}) per step."
+        head += f"{syncs:.3g} sync(s) and {copies:.3g} copy(ies) ({fmt_bytes(moved)}) per step."
     else:
         head = f"tangtoc audit, ended before the first step did, model on {report.device}{gpu}: what ran until then."
     lines = [head]
     for i, f in enumerate(report.findings[:limit], 1):
         where = str(f.location) if f.location else "(no Python caller)"
         via = f" inside {f.via}" if f.via else ""
-        lines.append(f"{i:>3}. {where}  {f.op}{via}: {f.detail}, {f.count / n:g}/step")
+        lines.append(f"{i:>3}. {where}  {f.op}{via}: {f.detail}, {f.count / n:.3g}/step")
         lines.append(f"     fix: {f.fix}")
     if len(report.findings) > limit:
         lines.append(f"     ... and {len(report.findings) - limit} more in callback.audit_report.findings")
