@@ -101,9 +101,10 @@ class TangtocCallback(TrainerCallback):
             model, optimizer, device, precision_of(args, device), state.global_step, state.is_world_process_zero
         )
         self._hook = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
-        if not self._first and args.report_to and state.is_world_process_zero:
+        reporters = [r for r in args.report_to or () if r != "none"]
+        if not self._first and reporters and state.is_world_process_zero:
             self.watch.say(
-                f"tangtoc: the report_to loggers ({', '.join(args.report_to)}) run before this callback and will not "
+                f"tangtoc: the report_to loggers ({', '.join(reporters)}) run before this callback and will not "
                 "receive tangtoc's numbers; add it with TangtocCallback(...).attach(trainer) instead."
             )
 
