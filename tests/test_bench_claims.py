@@ -32,7 +32,7 @@ def matmul(n: int, cpu_s: float, gpu: dict[str, float]) -> list[Row]:
 
 def gpt(cpu_s: float, gpu_s: float, case: str = "gpt2 train step (gpt2, short)") -> list[Row]:
     return [Row(suite="gpt2", case=case, device=d, measurement=timed(1.0), metrics={"projected_s": s},
-                note="10M tokens of the gpt2 model (124M params), estimated from 2 x 128-token steps")
+                note="10M tokens of the gpt2 model (124M params), estimated from 4 x 256-token steps")
             for d, s in (("cpu", cpu_s), ("cuda:0", gpu_s))]  # fmt: skip
 
 
@@ -88,7 +88,7 @@ def test_large_matrices_without_a_gpu_float32_row_are_not_measured() -> None:
 @pytest.mark.parametrize(("cpu_s", "gpu_s", "verdict"), [(7 * 3600, 1200, "not confirmed"), (1800, 20, "confirmed")])
 def test_gpt2_rule_needs_sixty_times(cpu_s: float, gpu_s: float, verdict: str) -> None:
     got, measured = judged(gpt(cpu_s, gpu_s))[GPT2]
-    assert got == verdict and "estimated from 2 x 128-token steps" in measured
+    assert got == verdict and "estimated from 4 x 256-token steps" in measured
 
 
 def test_gpt2_claim_is_not_judged_on_a_smaller_model() -> None:
@@ -146,10 +146,10 @@ def test_without_a_gpu_every_claim_says_not_measured() -> None:
     assert "CPU per call at 100 elements: add 2.0 us" in claims[2].measured
 
 
-def test_the_quick_gpt2_suite_adds_the_real_model_on_short_sequences_where_a_gpu_is() -> None:
+def test_the_quick_gpt2_suite_adds_the_real_model_where_a_gpu_is_shortened_on_the_cpu_only() -> None:
     cpu, gpu = torch.device("cpu"), torch.device("meta")  # meta plays the GPU: only the case list is looked at
     cases = loops.gpt2(BenchConfig(devices=(cpu, gpu)))
     assert [c.description for c in cases] == ["gpt2 training steps (small) on cpu", "gpt2 training steps (small) on "
-        "meta", "GPT-2 124M, short sequences, on cpu", "GPT-2 124M, short sequences, on meta"]  # fmt: skip
+        "meta", "GPT-2 124M, shorter steps, on cpu", "GPT-2 124M on meta"]  # fmt: skip
     assert len(loops.gpt2(BenchConfig(devices=(cpu,)))) == 1  # no GPU: the claim is not measured, 124M not run
     assert len(loops.gpt2(BenchConfig(devices=(cpu, gpu), gpt_size="tiny"))) == 2
