@@ -57,7 +57,9 @@ def _trainer(tmp_path: Path, model: nn.Module, **args: Any) -> Any:
         "disable_tqdm": True,
         **args,
     }
-    return transformers.Trainer(model=model, args=transformers.TrainingArguments(**settings), train_dataset=_data())
+    evaluate = _data(8) if settings.get("eval_strategy") == "steps" else None
+    arguments = transformers.TrainingArguments(**settings)
+    return transformers.Trainer(model=model, args=arguments, train_dataset=_data(), eval_dataset=evaluate)
 
 
 def _train_logs(trainer: Any) -> dict[int, dict[str, float]]:
@@ -99,14 +101,15 @@ def test_rates_mfu_and_the_audit_reach_the_logs(tmp_path: Path) -> None:
     assert f"{Path(__file__).name}:{line}  bool(tensor) / if tensor: inside transformers.trainer" in lines[1]
 
 
-def test_without_a_peak_no_mfu_and_accumulation_counts_every_micro_batch(tmp_path: Path) -> None:
-    trainer = _trainer(tmp_path, _gpt2(), gradient_accumulation_steps=2)
+def test_without_a_peak_no_mfu_accumulation_counts_every_micro_batch_and_evaluation_none(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, _gpt2(), gradient_accumulation_steps=2, eval_strategy="steps", eval_steps=2)
     lines: list[str] = []
     callback = TangtocCallback(audit_steps=0, echo=lines.append)
     trainer.add_callback(callback)
     trainer.train()
     logs = _train_logs(trainer)
-    for step in (2, 4, 6):  # nothing audited or counted: every step is timed
+    assert [r["step"] for r in trainer.state.log_history if "eval_loss" in r] == [2, 4, 6]
+    for step in (2, 4, 6):  # nothing audited or counted: every step is timed; evaluation's forwards are not counted
         assert {k for k in logs[step] if k.startswith("tangtoc/")} == RATES
         assert logs[step]["tangtoc/samples_per_s"] * logs[step]["tangtoc/step_time_s"] == pytest.approx(2 * BATCH)
     assert lines == [
