@@ -17,6 +17,9 @@ import torch
 
 from tangtoc.device import synchronize
 
+#: The host clock, for code that synchronizes itself before reading it (an injectable default: tests pass their own).
+now: Callable[[], float] = time.perf_counter
+
 
 class Clock(Protocol):
     """Times a region of device work. ``start`` marks the beginning; ``stop`` returns the seconds since it,
@@ -80,7 +83,7 @@ class Stopwatch:
     """Host wall time between laps (fit's log points, a command's whole run); ``clock`` is injectable. Work queued
     on a device is not waited for: a caller laps after a synchronizing read (fit laps after its one fetch)."""
 
-    clock: Callable[[], float] = time.perf_counter
+    clock: Callable[[], float] = now
     start: float = field(default=0.0)
     last: float = field(default=0.0)
 

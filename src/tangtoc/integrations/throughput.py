@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from tangtoc.clock import now
 from tangtoc.device import describe, synchronize
 from tangtoc.move import fetch, named_tensors
 from tangtoc.step import Counter, peak_key, work_counter
@@ -109,7 +109,7 @@ class Meter:
     """Counts one loop's work and time; see the module docstring. ``peak`` from :func:`resolve_peak`; ``clock`` is
     injectable for tests."""
 
-    def __init__(self, device: torch.device, peak: Peak, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, device: torch.device, peak: Peak, clock: Callable[[], float] = now) -> None:
         self.device = device
         self.peak = peak
         self.clock = clock

@@ -11,13 +11,13 @@ counter — are nested contexts; :meth:`Watch.close` exits what is still open, i
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from tangtoc.clock import now
 from tangtoc.diagnose import audit, device_guard
 from tangtoc.diagnose.audit import Audit, AuditReport
 from tangtoc.diagnose.guard import DeviceGuard
@@ -73,7 +73,7 @@ class Watch:
         guard: bool,
         peak_flops: float | None,
         echo: Echo | None,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = now,
     ) -> None:
         _check(audit_steps, peak_flops)  # when the callback is made, not at the first step
         self.audit_steps = audit_steps
