@@ -1,11 +1,11 @@
 """tangtoc (Vietnamese *tăng tốc*, "speed up"): PyTorch training on the GPU, correct and fast.
 
-    import tangtoc as tt
-    device = tt.pick_device()               # TANGTOC_DEVICE > argument > cuda > mps > xpu > cpu
-    batch = tt.to_device(batch, device)     # dicts, lists, namedtuples, dataclasses, NumPy, HF batches and caches
-    loss_v, acc_v = tt.fetch(loss, acc)     # many scalars, one transfer, one sync
-    m = tt.measure(fn, device=device)       # synchronized, warmed up, median and IQR
-    tt.fit(model, loader, steps=1000)       # resumable, preemption-safe, one sync per log interval
+import tangtoc as tt
+device = tt.pick_device()               # TANGTOC_DEVICE > argument > cuda > mps > xpu > cpu
+batch = tt.to_device(batch, device)     # dicts, lists, namedtuples, dataclasses, NumPy, HF batches and caches
+loss_v, acc_v = tt.fetch(loss, acc)     # many scalars, one transfer, one sync
+m = tt.measure(fn, device=device)       # synchronized, warmed up, median and IQR
+tt.fit(model, loader, steps=1000)       # resumable, preemption-safe, one sync per log interval
 """
 
 from tangtoc.advise import Advice, advise
@@ -22,7 +22,14 @@ from tangtoc.diagnose import (
     explain,
     profile,
 )
-from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, MixedDevicesError, TangtocError
+from tangtoc.errors import (
+    BatchStructureError,
+    DeviceUnavailableError,
+    InvalidDeviceError,
+    MixedDevicesError,
+    TangtocError,
+    UnmovableError,
+)
 from tangtoc.move import as_tensor, device_of, fetch, named_tensors, pin, to_cpu, to_device, to_numpy
 from tangtoc.train import CheckpointError, FitResult, NonFiniteLossError, TrainingOutOfMemoryError, fit
 
@@ -30,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Advice",
+    "BatchStructureError",
     "CheckpointError",
     "DeviceInfo",
     "DeviceMismatchError",
@@ -45,6 +53,7 @@ __all__ = [
     "ResidentLoader",
     "TangtocError",
     "TrainingOutOfMemoryError",
+    "UnmovableError",
     "__version__",
     "advise",
     "as_tensor",
