@@ -161,26 +161,25 @@ def _render(report: ProfileReport, script: str, steps: int, warmup: int, run: Sc
 
 
 def plot(report: ProfileReport, path: Path, script: str) -> None:
-    """A stacked bar of phases per step (warm-up steps hatched), into a PNG at ``path``."""
+    """A stacked bar of phases per timed step into a PNG at ``path``; warm-up steps are left out, as from the
+    verdict (the first one, with CUDA's start-up in it, would flatten the rest)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed, and none is assumed
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(report.steps) + 3), 4.5))
-    x = [s.index for s in report.steps]
+    steps = report.steady or list(report.steps)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(steps) + 3), 4.5))
+    x = [s.index for s in steps]
     bottom = [0.0] * len(x)
     for p, color in zip(PHASES, plt.get_cmap("tab10").colors, strict=False):
-        heights = [s.seconds[p] * 1e3 for s in report.steps]
-        bars = ax.bar(x, heights, bottom=bottom, label=PHASE_NAMES[p], color=color)
-        for bar, step in zip(bars, report.steps, strict=True):
-            if step.warmup:
-                bar.set_hatch("//")
-                bar.set_alpha(0.5)
+        heights = [s.seconds[p] * 1e3 for s in steps]
+        ax.bar(x, heights, bottom=bottom, label=PHASE_NAMES[p], color=color)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     verdict = f": {report.verdict.bound}" if report.verdict else ""
     ax.set_title(f"tangtoc profile {Path(script).name} on {report.device}{verdict}")
-    ax.set_xlabel("step (hatched: warm-up, not judged)")
+    warm = len(report.steps) - len(report.steady)
+    ax.set_xlabel(f"step ({warm} warm-up step(s) not shown)" if report.steady else "step (all warm-up)")
     ax.set_ylabel("wall time (ms)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

@@ -168,12 +168,15 @@ def _waiting(
             f"keep the data on the device (`tt.ResidentLoader`), or pin it (`DataLoader(pin_memory=True)`) and copy "
             f"with `non_blocking=True` so that copies overlap the compute: up to {_pct(s)} (a step of {after})",
         )
+    # The wait itself is the device working; what the syncs cost is the time the device then idles.
+    gain = min(s, 1 - device.busy_share) if device is not None else s
     return Verdict(
         "sync-bound",
         f"the host waits for the device {_pct(s)} of the step, in {syncs:.0f} sync(s) per step ({_split(share)}){gpu}: "
         "host and device take turns instead of overlapping",
         f"read values at log intervals, several at once (`tt.fetch(loss, acc)` every 100 steps), not every step: "
-        f"up to {_pct(s)} (a step of {after}); `tangtoc audit SCRIPT` names the line of each sync",
+        f"up to {_pct(gain)} (a step of {fmt_seconds(wall * (1 - gain))}); `tangtoc audit SCRIPT` names the line of "
+        "each sync",
     )
 
 
