@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import _global_optimizer_post_hooks
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
@@ -126,15 +127,23 @@ def test_marked_steps_are_timed(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_everything_is_restored_on_exit_errors_included() -> None:
-    originals = (torch.Tensor.to, torch.autograd.backward, _BaseDataLoaderIter.__next__, torch.cuda.synchronize)
-    hooks = len(torch.nn.modules.module._global_forward_pre_hooks)
+    def patched() -> tuple:
+        return (
+            torch.nn.Module.__call__,
+            torch.Tensor.to,
+            torch.autograd.backward,
+            _BaseDataLoaderIter.__next__,
+            torch.cuda.synchronize,
+        )
+
+    originals = patched()
+    hooks = len(_global_optimizer_post_hooks)
     with pytest.raises(KeyError, match="boom"), Profile(steps=5):
+        assert patched() != originals
         raise KeyError("boom")
-    assert (torch.Tensor.to, torch.autograd.backward, _BaseDataLoaderIter.__next__, torch.cuda.synchronize) == (
-        originals
-    )
+    assert patched() == originals
     assert "item" not in vars(torch.Tensor) and "to" not in vars(torch.Tensor)
-    assert len(torch.nn.modules.module._global_forward_pre_hooks) == hooks
+    assert len(_global_optimizer_post_hooks) == hooks
 
 
 def test_profiles_do_not_nest_and_bad_arguments_say_what_to_give() -> None:

@@ -8,8 +8,9 @@ module calls), backward (``torch.autograd.backward``), optimizer (``optimizer.st
 tensor on the host and ``torch.cuda.synchronize``) and other host time (the Python between them). A phase nested
 in another (a sync inside ``forward``) is charged to the inner one, so the phases add up to the wall time.
 
-It sees the script from outside, cheaply: hooks that PyTorch offers (global module and optimizer hooks), and a
-wrapper on the few methods that copy or sync; nothing runs per aten operation except in one counting step, the last
+It sees the script from outside, cheaply: a wrapper on ``Module.__call__`` (only the outermost call is timed), global
+optimizer hooks, ``torch.autograd.backward``, a DataLoader iterator's ``__next__``, and the few Tensor methods that
+copy or sync; nothing runs per aten operation except in one counting step, the last
 warm-up step, where a dispatch mode counts the operations (and is excluded from the timings). On CUDA, after the
 timed steps, a few more steps run under PyTorch's profiler (CUDA activity only) for the device's busy time and its
 kernel launches; they are not timed either. Only the thread that enters the profile is seen.
@@ -98,7 +99,7 @@ class Profile:
         self._counts = [0, 0, 0]  # syncs, copies, copy bytes
         self._done: list[StepTimes] = []
         self._source: str | None = None
-        self._depth = 0  # nesting of module calls: forward is the outermost
+        self._in_forward = False  # inside an outermost module call: forward is that call
         self._backward_since_step = False
         self._workers: int | None = None
         self._model_device: torch.device | None = None
@@ -220,17 +221,19 @@ class Profile:
     def _owns(self) -> bool:
         return threading.get_ident() == self.steps.thread and not self.stopped
 
-    def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
-        if self._owns():
-            self._depth += 1
-            if self._depth == 1:
-                self._enter(_FORWARD)
+    def _call(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        # Module.__call__ itself, not global module hooks: those send every module call down torch's slow path
+        # (hook lists built per call); a nested call here costs one check.
+        def call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if self._in_forward or not self._owns():
+                return real(module, *args, **kwargs)
+            self._in_forward = True
+            try:
+                return self._timed(_FORWARD, real, module, *args, **kwargs)
+            finally:
+                self._in_forward = False
 
-    def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._owns() and self._depth:
-            self._depth -= 1
-            if self._depth == 0:
-                self._exit()
+        return call
 
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._owns():
@@ -331,9 +334,7 @@ class Profile:
         self._watch = Stopwatch(self._clock) if self._clock is not None else Stopwatch()
         self._step_start = self._watch.start
         try:
-            modules = torch.nn.modules.module
-            self._hook(modules.register_module_forward_pre_hook(self._forward_pre))
-            self._hook(modules.register_module_forward_hook(self._forward_post, always_call=True))
+            self._patch(torch.nn.Module, "__call__", self._call)
             self._hook(register_optimizer_step_pre_hook(self._optimizer_pre))
             # Registered before the step counter's post hook, so that the optimizer phase ends before the step.
             self._hook(register_optimizer_step_post_hook(self._optimizer_post))
