@@ -62,6 +62,9 @@ def test_the_terminal_report_names_the_phases_the_verdict_and_the_change(
     assert "verdict: input-bound\n  evidence: waiting for data is " in out
     assert "  first change: DataLoader(num_workers=4) would prepare batches while the model runs" in out
     assert "Not seen: other threads (DataLoader workers are covered by the time the loop waits for them)" in out
+    assert "what would wait on a GPU: on the CPU nothing waits for a device, so syncs and copies cost nothing here" in (
+        out
+    )
 
 
 def test_plot_draws_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("script", nargs="?", metavar="SCRIPT", help="the training script")
     p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
     p.add_argument("--steps", metavar="N", help=f"time N steps after the warm-up (default {DEFAULT_STEPS})")
-    p.add_argument("--warmup", metavar="K", help=f"untimed steps first (default {DEFAULT_WARMUP})")
+    p.add_argument(
+        "--warmup", metavar="K", help=f"steps run first and left out of the verdict (default {DEFAULT_WARMUP})"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="draw each step's phases as a stacked bar into FILE.png")
     p.set_defaults(run=run)

@@ -385,6 +385,11 @@ class Profile:
                 seconds, wall, ops=self._ops, syncs=syncs, device=self.device_times, loader_workers=self._workers
             )
         unseen = list(UNSEEN)
+        if device.type == "cpu":
+            unseen.append(
+                "what would wait on a GPU: on the CPU nothing waits for a device, so syncs and copies cost nothing "
+                "here (`tangtoc audit SCRIPT` lists the lines that would sync or copy on a GPU)"
+            )
         if device.type == "cuda" and self.device_times is None:
             unseen.append(self._device_error)
         if not self.warmup:
