@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tangtoc.cli import main
+from tangtoc.errors import OutputError
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "profile"
 
@@ -72,7 +73,7 @@ def test_plot_draws_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     png = tmp_path / "steps.png"
     assert main(["profile", str(CORPUS / "host_bound.py"), "--steps", "2", "--warmup", "1", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"Plot written to {png}" in capsys.readouterr().out
+    assert f"plot written to {png}" in capsys.readouterr().out
 
 
 def script(tmp_path: Path, body: str) -> Path:
@@ -160,3 +161,20 @@ def test_each_script_gets_its_known_verdict_on_cuda(tmp_path: Path, name: str, b
     assert report["verdict"]["bound"] == bound, report["verdict"]
     device = report["device_times"]
     assert device["steps"] == 3 and device["kernels_per_step"] > 0 and 0 < device["busy_share"] <= 1
+
+
+def test_a_report_that_cannot_be_written_is_still_shown_and_the_run_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(path: object, data: object) -> None:
+        raise OutputError(f"cannot write {path}: no space left on device")
+
+    monkeypatch.setattr("tangtoc.cli.audit.write_atomic", full)
+    out = tmp_path / "r.json"
+    assert main(["profile", str(script(tmp_path, LOOP.format(steps=3))), "--warmup", "1", "--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "verdict: " in captured.out  # the report was shown before the write failed
+    assert (
+        f"tangtoc profile: the JSON report was not written (it is shown above): cannot write {out}: no space left"
+        in captured.err
+    )

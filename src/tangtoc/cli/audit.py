@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import codecs
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console
 
@@ -26,6 +28,8 @@ from tangtoc.diagnose.audit_report import (
     AuditReport,
 )
 from tangtoc.diagnose.runner import ScriptError, ScriptRun, load_script, run_script
+from tangtoc.errors import OutputError
+from tangtoc.files import write_atomic
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_STEPS = 10
@@ -115,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
     run = run_script(path, script_args, audit)
     report = audit.report()
     _render(report, str(path), steps, run)
-    if json_file:
-        Path(json_file).write_text(to_json({**report.to_dict(), "run": run.to_dict()}) + "\n")
-        say(console(), f"JSON report written to {json_file}")
+    written = save(json_file, to_json({**report.to_dict(), "run": run.to_dict()}) + "\n", "JSON report", "audit")
     covered = f"the {len(report.steps)} step(s)" if report.steps else "the run (it ended before its first step)"
     if run.interrupted:
         say(err, f"tangtoc audit: interrupted; the report above is partial: it covers {covered} before.")
@@ -142,7 +144,20 @@ def run(args: argparse.Namespace) -> int:
             "in your loop: `from tangtoc.diagnose import mark_step` then `mark_step()` at the end of each iteration.",
         )
         return status or EXIT_FAILED
-    return status
+    return status or (0 if written else EXIT_FAILED)
+
+
+def save(path: str | None, data: str | Callable[[IO[bytes]], None], what: str, command: str) -> bool:
+    """Write a report's file after the run; on failure say why, with the report already shown (False)."""
+    if path is None:
+        return True
+    try:
+        write_atomic(path, data)
+    except OutputError as e:
+        say(console(stderr=True), f"tangtoc {command}: the {what} was not written (it is shown above): {e}")
+        return False
+    say(console(), f"{what} written to {path}")
+    return True
 
 
 def say(where: Console, text: str) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import IO
 
 from rich.table import Table
 
 from tangtoc.cli.args import UsageError, check_writable
-from tangtoc.cli.audit import ascii_fallback, count_option, say, script_options
+from tangtoc.cli.audit import ascii_fallback, count_option, save, say, script_options
 from tangtoc.cli.render import console, fmt_bytes, fmt_seconds, to_json
 from tangtoc.diagnose.profile import Profile
 from tangtoc.diagnose.profile_report import PHASE_NAMES, PHASES, ProfileReport
@@ -86,12 +87,9 @@ def run(args: argparse.Namespace) -> int:
     run = run_script(path, script_args, prof)
     report = prof.report()
     _render(report, str(path), steps, warmup, run)
-    if json_file:
-        Path(json_file).write_text(to_json({**report.to_dict(), "run": run.to_dict()}) + "\n")
-        say(console(), f"JSON report written to {json_file}")
+    written = save(json_file, to_json({**report.to_dict(), "run": run.to_dict()}) + "\n", "JSON report", "profile")
     if plot_file and report.steps:
-        plot(report, Path(plot_file), str(path))
-        say(console(), f"Plot written to {plot_file}")
+        written &= save(plot_file, lambda f: plot(report, f, str(path)), "plot", "profile")
     covered = f"the {len(report.steps)} step(s)" if report.steps else "nothing (it ended before its first step)"
     if run.interrupted:
         say(err, f"tangtoc profile: interrupted; the report above is partial: it covers {covered} before.")
@@ -105,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             "`mark_step()` (`from tangtoc.diagnose import mark_step`) at the end of each iteration.",
         )
         return run.status or EXIT_FAILED
-    return run.status
+    return run.status or (0 if written else EXIT_FAILED)
 
 
 def _render(report: ProfileReport, script: str, steps: int, warmup: int, run: ScriptRun) -> None:
@@ -162,8 +160,8 @@ def _render(report: ProfileReport, script: str, steps: int, warmup: int, run: Sc
     say(out, "Not seen: " + "; ".join(report.unseen) + ".")
 
 
-def plot(report: ProfileReport, path: Path, script: str) -> None:
-    """A stacked bar of phases per timed step into a PNG at ``path``; warm-up steps are left out, as from the
+def plot(report: ProfileReport, into: IO[bytes], script: str) -> None:
+    """A stacked bar of phases per timed step, as a PNG written into ``into``; warm-up steps are left out, as from the
     verdict (the first one, with CUDA's start-up in it, would flatten the rest)."""
     import matplotlib
 
@@ -185,5 +183,5 @@ def plot(report: ProfileReport, path: Path, script: str) -> None:
     ax.set_ylabel("wall time (ms)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(into, format="png", dpi=110)
     plt.close(fig)
