@@ -166,7 +166,7 @@ def say(where: Console, text: str) -> None:
 
 
 # What the reports write outside ASCII, in ASCII, for a terminal or pipe that cannot take it.
-_ASCII = {"—": "--", "µ": "u", "×": "x", "→": "->", "≤": "<=", "≥": ">=", "…": "...", "·": "."}
+_ASCII = {"—": "--", "–": "-", "µ": "u", "×": "x", "→": "->", "≤": "<=", "≥": ">=", "…": "...", "·": "."}
 
 
 def _to_ascii(e: UnicodeError) -> tuple[str, int]:
