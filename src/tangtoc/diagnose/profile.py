@@ -39,7 +39,6 @@ from tangtoc.diagnose.runner import Steps, StopScript
 from tangtoc.errors import TangtocError
 
 Tensor = torch.Tensor
-_INDEX = {p: i for i, p in enumerate(PHASES)}
 _DATA, _COPY, _FORWARD, _BACKWARD, _OPTIMIZER, _SYNC, _OTHER = range(len(PHASES))
 DEVICE_STEPS = 3  # steps profiled on the accelerator: enough to average out one step's jitter, few enough to be cheap
 # Methods that read a tensor's value on the host: on a device tensor, the host waits for the device.
