@@ -20,7 +20,8 @@ def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     # Piped into a log or CI, rich falls back to 80 columns and wraps wide tables into unreadable towers.
     width = None if stream.isatty() or "COLUMNS" in os.environ else 160
-    return Console(stderr=stderr, highlight=False, width=width)
+    # Errors go to stderr unwrapped: a path or a command cut in two cannot be copied back into a terminal.
+    return Console(stderr=stderr, highlight=False, width=width, soft_wrap=stderr)
 
 
 def _default(obj: Any) -> Any:
