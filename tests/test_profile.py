@@ -11,7 +11,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 import tangtoc as tt
 from tangtoc.diagnose import Profile, StopProfile, mark_step
-from tangtoc.diagnose.profile_report import PHASES, DeviceTimes, judge
+from tangtoc.diagnose.profile_report import PHASES, DeviceTimes, StepTimes, device_times, judge
 from tangtoc.errors import TangtocError
 
 
@@ -236,3 +236,11 @@ def test_the_first_change_states_the_gain_the_measurement_supports() -> None:
     sync = judge(split(sync=0.6, forward=0.4), 0.1, device=gpu(0.7), syncs=1).change
     assert "(`tt.fetch(loss, acc)` every 100 steps), not every step: up to 30 % (a step of 70 ms)" in sync
     assert "`tangtoc audit SCRIPT` names the line of each sync" in sync
+
+
+def test_the_gpu_waited_on_the_host_in_the_steps_the_host_took_longer_than_the_gpu_was_busy() -> None:
+    steady = [StepTimes(i, split(wall), wall) for i, wall in enumerate((0.004, 0.006, 0.003, 0.008), 3)]
+    d = device_times(steady, profiled_steps=3, busy=0.005, kernels=120.0)
+    assert (d.waited_steps, d.timed_steps, d.wall_seconds) == (2, 4, pytest.approx(0.00525))
+    assert d.to_dict()["steps_gpu_waited_on_host"] == 2
+    assert d.busy_share == pytest.approx(0.005 / 0.00525)

@@ -161,6 +161,7 @@ def test_each_script_gets_its_known_verdict_on_cuda(tmp_path: Path, name: str, b
     assert report["verdict"]["bound"] == bound, report["verdict"]
     device = report["device_times"]
     assert device["steps"] == 3 and device["kernels_per_step"] > 0 and 0 < device["busy_share"] <= 1
+    assert 0 <= device["steps_gpu_waited_on_host"] <= device["timed_steps"] == 5
 
 
 def test_a_report_that_cannot_be_written_is_still_shown_and_the_run_fails(

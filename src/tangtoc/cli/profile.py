@@ -150,7 +150,8 @@ def _render(report: ProfileReport, script: str, steps: int, warmup: int, run: Sc
             out,
             f"device: busy {fmt_seconds(d.busy_seconds)} of {fmt_seconds(d.wall_seconds)} per step "
             f"({d.busy_share:.0%}), idle {1 - d.busy_share:.0%}; {d.kernels:.0f} kernel launches per step "
-            f"(PyTorch's profiler, {d.steps} steps after the timed ones)",
+            f"(PyTorch's profiler, {d.steps} steps after the timed ones); the GPU waited on the host in "
+            f"{d.waited_steps} of {d.timed_steps} timed steps (their host time exceeded its busy time)",
         )
     if report.verdict is not None:
         v = report.verdict

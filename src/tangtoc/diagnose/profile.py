@@ -34,7 +34,15 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from tangtoc.clock import Stopwatch
 from tangtoc.device import DeviceLike, resolve
-from tangtoc.diagnose.profile_report import PHASES, DeviceTimes, ProfileReport, StepTimes, judge, mean_seconds
+from tangtoc.diagnose.profile_report import (
+    PHASES,
+    DeviceTimes,
+    ProfileReport,
+    StepTimes,
+    device_times,
+    judge,
+    mean_seconds,
+)
 from tangtoc.diagnose.runner import Steps, StopScript
 from tangtoc.errors import TangtocError
 
@@ -214,7 +222,7 @@ class Profile:
         # Against the timed steps' wall time: the profiled ones are slowed by the profiler on the host side.
         n = len(self._device_steps)
         busy = _union_ns(intervals) / 1e9 / n
-        self.device_times = DeviceTimes(n, busy, mean_seconds(steady)[1], len(intervals) / n)
+        self.device_times = device_times(steady, n, busy, len(intervals) / n)
 
     # --- the hooks ---
     def _owns(self) -> bool:

@@ -73,6 +73,10 @@ class DeviceTimes:
     busy_seconds: float  # per step: the union of its kernels' intervals (copies are not compute)
     wall_seconds: float  # per timed step, on the host clock: more busy than that means the GPU sets the pace
     kernels: float  # kernel launches per step
+    # Timed steps whose host wall time exceeded the GPU's busy time per step: there the GPU waited on the host.
+    # An estimate: the busy time is the profiled steps' mean, not each timed step's own.
+    waited_steps: int = 0
+    timed_steps: int = 0
 
     @property
     def busy_share(self) -> float:
@@ -86,6 +90,8 @@ class DeviceTimes:
             "wall_seconds_per_step": self.wall_seconds,
             "busy_share": self.busy_share,
             "kernels_per_step": self.kernels,
+            "steps_gpu_waited_on_host": self.waited_steps,
+            "timed_steps": self.timed_steps,
         }
 
 
@@ -97,6 +103,13 @@ class Verdict:
 
     def to_dict(self) -> dict[str, str]:
         return {"bound": self.bound, "evidence": self.evidence, "first_change": self.change}
+
+
+def device_times(steady: list[StepTimes], profiled_steps: int, busy: float, kernels: float) -> DeviceTimes:
+    """What the GPU did, per step: ``busy`` seconds and ``kernels`` launches (means over ``profiled_steps``), set
+    against the timed ``steady`` steps' wall time."""
+    waited = sum(1 for s in steady if s.wall > busy)
+    return DeviceTimes(profiled_steps, busy, mean_seconds(steady)[1], kernels, waited, len(steady))
 
 
 def mean_seconds(steps: list[StepTimes]) -> tuple[dict[str, float], float]:
