@@ -273,8 +273,8 @@ def test_compile_runs_the_forward_through_torch_compile(monkeypatch: pytest.Monk
         ({"steps": 1, "grad_accum": 0}, r"grad_accum must be an int >= 1, got 0"),
         ({"steps": 1, "log_every": 2.5}, r"log_every must be an int >= 1, got 2.5"),
         ({"steps": 1, "clip_grad": -1.0}, r"clip_grad must be a number > 0 or None, got -1.0"),
-        ({"steps": 1, "on_nonfinite": "ignore"}, r"on_nonfinite must be 'raise' or 'skip', got 'ignore'"),
-        ({"steps": 1, "on_preempt": "die"}, r"on_preempt must be 'exit' or 'return', got 'die'"),
+        ({"steps": 1, "on_nonfinite": "ignore"}, r"on_nonfinite must be one of raise, skip, got 'ignore'"),
+        ({"steps": 1, "on_preempt": "die"}, r"on_preempt must be one of exit, return, got 'die'"),
         ({"steps": 1, "checkpoint_every": 5}, r"checkpoint_every=5 needs somewhere to write; pass checkpoint_dir="),
     ],
 )
