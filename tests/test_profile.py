@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -244,3 +246,17 @@ def test_the_gpu_waited_on_the_host_in_the_steps_the_host_took_longer_than_the_g
     assert (d.waited_steps, d.timed_steps, d.wall_seconds) == (2, 4, pytest.approx(0.00525))
     assert d.to_dict()["steps_gpu_waited_on_host"] == 2
     assert d.busy_share == pytest.approx(0.005 / 0.00525)
+
+
+@pytest.mark.parametrize(("load", "noted"), [(0.5, False), (5.0, True)])
+def test_a_busy_machine_is_noted_because_it_skews_host_times(
+    monkeypatch: pytest.MonkeyPatch, load: float, noted: bool
+) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with Profile(steps=1, warmup=0, clock=CLOCK) as p:
+        train(10)
+    report = p.report()
+    assert report.machine["load_average_1min"] == load
+    expected = "this machine was busy with other work (load average 5.0 on 2 cores): host times include waiting for"
+    assert [n.startswith(expected) for n in report.notes] == ([True] if noted else [])

@@ -158,6 +158,8 @@ def _render(report: ProfileReport, script: str, steps: int, warmup: int, run: Sc
         out.print(f"[bold]verdict: {v.bound}[/bold]", highlight=False)
         say(out, f"  evidence: {v.evidence}")
         say(out, f"  first change: {v.change}")
+    for note in report.notes:
+        say(out, f"Note: {note}.")
     say(out, "Not seen: " + "; ".join(report.unseen) + ".")
 
 

@@ -401,9 +401,10 @@ class Profile:
             unseen.append(self._device_error)
         if not self.warmup:
             unseen.append("the number of operations per step (it is counted in the last warm-up step; --warmup 0)")
+        machine = _machine(device)
         return ProfileReport(
             str(device),
-            _machine(device),
+            machine,
             self._source,
             steps,
             verdict,
@@ -412,6 +413,7 @@ class Profile:
             self._ops,
             self.steps.other_thread_steps,
             tuple(unseen),
+            _notes(machine),
         )
 
 
@@ -434,9 +436,29 @@ def _machine(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "name": name,
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
     }
+
+
+def _notes(machine: dict[str, Any]) -> tuple[str, ...]:
+    """What may have skewed the times: other work on the machine (its load above its cores while profiling)."""
+    load, cores = machine["load_average_1min"], machine["cpu_cores"]
+    if load is None or not cores or load <= cores:
+        return ()
+    threads = machine["torch_threads"]
+    spin = (
+        f"; with {threads} torch threads, each operation also waits for its threads to be scheduled (rerun with "
+        "OMP_NUM_THREADS=1 to compare)"
+        if threads > 1
+        else ""
+    )
+    return (
+        f"this machine was busy with other work (load average {load:.1f} on {cores} cores): host times include "
+        f"waiting for a CPU{spin}",
+    )
 
 
 def profile(

@@ -243,7 +243,7 @@ class ProfileReport:
     ``steps`` holds every step in order, warm-up ones flagged; the steady state is the others. The verdict is
     ``None`` when no step ended after the warm-up. ``device_times`` is ``None`` on the CPU (nothing runs apart
     from the host) and when the accelerator's own profile was not taken (``steps=None``). ``machine`` says what
-    produced the numbers; ``unseen`` what the profile could not see in this run.
+    produced the numbers; ``unseen`` what the profile could not see in this run; ``notes`` what may have skewed it.
     """
 
     device: str
@@ -256,6 +256,7 @@ class ProfileReport:
     ops_per_step: int | None = None
     other_thread_steps: int = 0
     unseen: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what may have skewed the times (a busy machine)
 
     @property
     def steady(self) -> list[StepTimes]:
@@ -279,6 +280,7 @@ class ProfileReport:
             "device_times": None if self.device_times is None else self.device_times.to_dict(),
             "other_thread_steps": self.other_thread_steps,
             "unseen": list(self.unseen),
+            "notes": list(self.notes),
             "steps": [s.to_dict() for s in self.steps],
         }
 
