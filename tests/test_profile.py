@@ -232,7 +232,7 @@ def test_the_verdict_follows_the_measured_shares(
 
 def test_the_first_change_states_the_gain_the_measurement_supports() -> None:
     change = judge(split(data=0.71, forward=0.29), 0.1, loader_workers=2).change
-    assert change.startswith("more DataLoader workers than 2, or less work per sample in the Dataset,: it would hide")
+    assert change.startswith("more DataLoader workers than 2 (if cores are free), or less work per sample in the")
     assert "up to 71 % (a step of 29 ms instead of 100 ms)" in change
     # The host waits 60 % of the step, but the GPU computes through most of it: only its 30 % idle is to gain.
     sync = judge(split(sync=0.6, forward=0.4), 0.1, device=gpu(0.7), syncs=1).change

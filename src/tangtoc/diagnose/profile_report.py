@@ -166,7 +166,7 @@ def _waiting(
         workers_fix = (
             "DataLoader(num_workers=4) would prepare batches while the model runs"
             if not workers
-            else f"more DataLoader workers than {workers}, or less work per sample in the Dataset,"
+            else f"more DataLoader workers than {workers} (if cores are free), or less work per sample in the Dataset"
         )
         return Verdict(
             "input-bound",
