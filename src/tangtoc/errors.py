@@ -53,3 +53,41 @@ class BatchStructureError(TangtocError, ValueError):
 class UnmovableError(TangtocError, TypeError):
     """An object in a batch that :func:`~tangtoc.move.to_device` cannot move faithfully (an iterator it would
     consume, an object it cannot copy); the message names it and says what to pass instead."""
+
+
+class GuardError(TangtocError, RuntimeError):
+    """What :func:`device_guard` raises. A ``RuntimeError``, like the PyTorch errors it replaces, so existing
+    ``except RuntimeError`` code keeps working.
+
+    ``module`` is the dotted path of the module involved (``None`` outside any guarded module), ``culprits`` the
+    names of the odd tensors, ``found`` their device (or dtype) and ``expected`` the one they should have.
+    """
+
+    def __init__(
+        self, message: str, *, module: str | None, culprits: tuple[str, ...], found: str, expected: str
+    ) -> None:
+        super().__init__(message)
+        self.module = module
+        self.culprits = culprits
+        self.found = found
+        self.expected = expected
+
+
+class DeviceMismatchError(GuardError):
+    """Tensors on different devices met in a module call or an operation; raised before the kernel runs."""
+
+
+class DtypeMismatchError(GuardError):
+    """PyTorch refused tensors of two dtypes in one operation; raised from its error (kept as ``__cause__``)."""
+
+
+class CountError(TangtocError, RuntimeError):
+    """A training step that cannot be counted without data (it reads tensor values, or its shapes depend on them)."""
+
+
+class FactoryError(UsageError):
+    """The user's factory raised; ``details`` is its traceback, with tangtoc's own frames left out."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details

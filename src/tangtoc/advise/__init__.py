@@ -11,11 +11,12 @@
     print(advice.recommendation)
 """
 
-from tangtoc.advise.count import CountError, CountingMode, OpCall, StepCount, count_step
+from tangtoc.advise.count import CountingMode, OpCall, StepCount, count_step
 from tangtoc.advise.decide import Crossover, LinearFit, MeasuredStep
 from tangtoc.advise.measure import measure_step
 from tangtoc.advise.predict import Assumptions, Prediction, predict
 from tangtoc.advise.recommend import Advice, Check, advise
+from tangtoc.errors import CountError
 
 __all__ = [
     "Advice",

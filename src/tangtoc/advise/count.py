@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from tangtoc.errors import TangtocError
+from tangtoc.errors import CountError
 from tangtoc.move import map_tensors, named_tensors, to_device
 from tangtoc.step import LossFn, LossFrom, LossRule, OptimizerFactory, Precision, batch_size_of, default_optimizer
 
@@ -115,10 +115,6 @@ _NO_KERNEL = _ops(
 _FOREACH_MAX_TENSORS = (110, 64, 48, 36, 30)
 _FOREACH_CHUNK = 65536
 _FOREACH_BLOCKS = 320
-
-
-class CountError(TangtocError, RuntimeError):
-    """A training step that cannot be counted without data (it reads tensor values, or its shapes depend on them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +474,6 @@ def total(calls: Iterable[OpCall]) -> tuple[float, float, int]:
 
 
 __all__ = [
-    "CountError",
     "CountingMode",
     "OpCall",
     "OpSummary",

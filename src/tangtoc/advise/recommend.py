@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tangtoc.advise.count import CountError, StepCount, count_step, resize_batch
+from tangtoc.advise.count import StepCount, count_step, resize_batch
 from tangtoc.advise.decide import (
     Crossover,
     GpuOption,
@@ -34,6 +34,7 @@ from tangtoc.advise.decide import (
 from tangtoc.advise.measure import measure_link, measure_step
 from tangtoc.advise.predict import Assumptions, Prediction, low_precision, predict
 from tangtoc.device import available_devices, cpu_cores, cpu_model, describe, resolve
+from tangtoc.errors import CountError
 from tangtoc.hardware import BY_SHORT_NAME, HardwareSpec, lookup
 from tangtoc.move import to_device
 from tangtoc.step import LossFn, LossFrom, OptimizerFactory, batch_size_of

@@ -31,18 +31,10 @@ from tangtoc.advise import Advice, Assumptions, advise
 from tangtoc.cli.args import UsageError, check_writable, seconds
 from tangtoc.cli.render import console, fmt_bytes, fmt_duration, fmt_seconds, to_json
 from tangtoc.diagnose.frames import is_library_file
-from tangtoc.errors import TangtocError
+from tangtoc.errors import FactoryError, TangtocError
 from tangtoc.hardware import BY_SHORT_NAME
 from tangtoc.step import batch_size_of
 from tangtoc.workloads import EXAMPLE_BATCH, EXAMPLE_SIZE, SIZES, Example, example
-
-
-class FactoryError(UsageError):
-    """The user's factory raised; ``details`` is its traceback, with tangtoc's own frames left out."""
-
-    def __init__(self, message: str, details: str = "") -> None:
-        super().__init__(message)
-        self.details = details
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,17 +14,11 @@
 from tangtoc.diagnose.audit import Audit, AuditReport, StopAudit, audit, mark_step
 from tangtoc.diagnose.dtypes import DtypeErrorInfo, parse_dtype_error
 from tangtoc.diagnose.explain import DeviceErrorInfo, explain, parse_device_error
-from tangtoc.diagnose.guard import (
-    DeviceGuard,
-    DeviceMismatchError,
-    DtypeMismatchError,
-    GuardError,
-    OffDeviceInput,
-    device_guard,
-)
+from tangtoc.diagnose.guard import DeviceGuard, OffDeviceInput, device_guard
 from tangtoc.diagnose.mismatch import DeviceReport, Finding, Placement, check_devices
 from tangtoc.diagnose.profile import Profile, StopProfile, profile
 from tangtoc.diagnose.profile_report import ProfileReport
+from tangtoc.errors import DeviceMismatchError, DtypeMismatchError, GuardError
 
 __all__ = [
     "Audit",

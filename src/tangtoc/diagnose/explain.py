@@ -167,7 +167,7 @@ def explain(error: BaseException | str, model: nn.Module | None = None, inputs: 
     :func:`~tangtoc.diagnose.check_devices` finds. Messages that are neither get a short note saying so,
     never an exception, so ``explain`` is safe inside an ``except`` block.
     """
-    from tangtoc.diagnose.guard import GuardError
+    from tangtoc.errors import GuardError
 
     if isinstance(error, GuardError):
         return str(error)  # the guard's message already names the module, the tensors and the fix

@@ -65,35 +65,9 @@ from tangtoc.diagnose.mismatch import (
 )
 from tangtoc.diagnose.roles import Role, likely_cause, role_of
 from tangtoc.diagnose.wordings import parse_device_error
-from tangtoc.errors import TangtocError
+from tangtoc.errors import DeviceMismatchError, DtypeMismatchError, GuardError
 
 Tensor = torch.Tensor
-
-
-class GuardError(TangtocError, RuntimeError):
-    """What :func:`device_guard` raises. A ``RuntimeError``, like the PyTorch errors it replaces, so existing
-    ``except RuntimeError`` code keeps working.
-
-    ``module`` is the dotted path of the module involved (``None`` outside any guarded module), ``culprits`` the
-    names of the odd tensors, ``found`` their device (or dtype) and ``expected`` the one they should have.
-    """
-
-    def __init__(
-        self, message: str, *, module: str | None, culprits: tuple[str, ...], found: str, expected: str
-    ) -> None:
-        super().__init__(message)
-        self.module = module
-        self.culprits = culprits
-        self.found = found
-        self.expected = expected
-
-
-class DeviceMismatchError(GuardError):
-    """Tensors on different devices met in a module call or an operation; raised before the kernel runs."""
-
-
-class DtypeMismatchError(GuardError):
-    """PyTorch refused tensors of two dtypes in one operation; raised from its error (kept as ``__cause__``)."""
 
 
 # Creation functions: their tensor arguments are data to copy, and the guard records who made each result, where.
