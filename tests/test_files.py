@@ -97,3 +97,17 @@ def test_hostile_numbers_are_usage_errors(argv: list[str], message: str, capsys:
         code = e.code
     assert code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_new_file_gets_the_usual_permissions_and_a_replaced_one_keeps_its_own(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        fresh = files.write_atomic(tmp_path / "new.json", "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0o600
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        files.write_atomic(kept, "new")
+        assert kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

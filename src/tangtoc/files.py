@@ -51,6 +51,29 @@ def _describe(e: OSError, path: Path, nbytes: int | None) -> str:
     return f"{e.strerror or e}"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (changing it is process-wide)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a plain ``open(path, "w")`` would give: the old file's, else 0o666 less the umask (mkstemp
+    makes its file 0o600, which would hide a checkpoint or a plot from the rest of a team)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def write_atomic(path: str | Path, data: bytes | str | Callable[[IO[bytes]], None]) -> Path:
     """Replace ``path`` with ``data`` (bytes, text as UTF-8, or a function that writes into the open file) in one
     step; raises :class:`OutputError` saying what could not be written and why. Returns the path."""
@@ -62,6 +85,7 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[IO[bytes]], Non
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # O_CREAT | O_EXCL
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             if isinstance(payload, bytes):
                 f.write(payload)
