@@ -441,3 +441,11 @@ def test_an_optimizer_calling_super_step_is_one_step_per_call() -> None:
             model(torch.ones(1, 2)).sum().backward()
             opt.step()
     assert len(a.report().steps) == 3
+
+
+def test_the_trainers_nan_inf_check_gets_its_own_fix() -> None:
+    from tangtoc.diagnose.audit_report import EventKey, _library_advice
+
+    key = EventKey("sync", "bool", None, cpu_only=True, via="transformers.trainer.Trainer._run_epoch")
+    _, fix = _library_advice(key, "why", "generic")
+    assert fix.endswith("`TrainingArguments(logging_nan_inf_filter=False)` removes these syncs")

@@ -326,6 +326,10 @@ _LIBRARY_FIXES = {
         "drop the mask when it has none); batches without padding need no attention_mask; with padding this read "
         "is inside transformers, one per forward"
     ),
+    "transformers.trainer.Trainer._run_epoch": (
+        "the Trainer checks every micro-batch's loss for NaN/inf on the host (`logging_nan_inf_filter`, on by "
+        "default): `TrainingArguments(logging_nan_inf_filter=False)` removes these syncs"
+    ),
     "torch.nn.utils.rnn.pack_padded_sequence": (
         "with `enforce_sorted=False` it sorts the lengths on the CPU and copies the order to the device at every "
         "call: sort each batch by length where it is built (the collate function) and pass `enforce_sorted=True`"
