@@ -19,10 +19,12 @@ from tangtoc.train.metrics import Interval
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """What a log point read: the interval's mean loss, its first non-finite step loss (index within the
-    interval's steps, value), the mean gradient norm, and whether any rank asked to stop."""
+    """What a log point read: the interval's mean loss, the loss of its last step (read in the same fetch), its
+    first non-finite step loss (index within the interval's steps, value), the mean gradient norm, and whether
+    any rank asked to stop."""
 
     loss: float | None
+    last_loss: float | None
     first_bad: tuple[int, float] | None
     grad_norm: float | None
     stop: bool
@@ -61,7 +63,7 @@ def read_interval(
     if per_step is not None:
         first_bad = torch.where(torch.isfinite(per_step), n, torch.arange(n, device=per_step.device)).min()
         # gather, not per_step[first_bad]: indexing with a 0-dim tensor can turn it into a Python int (a sync).
-        values += [per_step.mean(), first_bad, per_step.gather(0, first_bad.clamp(max=n - 1).view(1))]
+        values += [per_step.mean(), first_bad, per_step.gather(0, first_bad.clamp(max=n - 1).view(1)), per_step[-1]]
     if grad_norms:
         values.append(torch.stack(grad_norms).float().mean())
     fetched = fetch(*values)  # the one transfer and sync of the interval
@@ -74,10 +76,10 @@ def read_interval(
     elif device_tokens:
         work.tokens = int(fetched[0])
         fetched = fetched[1:]
-    loss = bad = None
+    loss = last = bad = None
     if per_step is not None:
-        mean, bad_index, bad_value = fetched[:3]
-        loss = float(mean)
+        mean, bad_index, bad_value, last_value = fetched[:4]
+        loss, last = float(mean), float(last_value)
         if bad_index < n:  # only with on_nonfinite="raise": "skip" never keeps a non-finite loss
             bad = (int(bad_index), float(bad_value))
-    return Reading(loss, bad, float(fetched[-1]) if grad_norms else None, bool(stop))
+    return Reading(loss, last, bad, float(fetched[-1]) if grad_norms else None, bool(stop))

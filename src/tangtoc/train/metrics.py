@@ -1,4 +1,4 @@
-"""What fit() reports, and where: rates per log interval, a JSONL log, a loss-curve PNG, a progress bar.
+"""What fit() reports, and where: rates per log interval, a JSONL log, a loss-curve PNG, progress on stderr.
 
 Everything here runs on the host with numbers that were already fetched: nothing in this module reads a tensor.
 Units are in the key names (``_s`` seconds, ``_per_s`` per second, ``_bytes`` bytes); MFU is a fraction (0..1).
@@ -6,6 +6,7 @@ Units are in the key names (``_s`` seconds, ``_per_s`` per second, ``_bytes`` by
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -139,19 +140,23 @@ def _finite(x: object) -> bool:
 
 
 class ProgressBar:
-    """A rich progress bar on stderr, redrawn at log points only; shown only when stderr is a terminal."""
+    """Progress on stderr at log points only (nothing is drawn between them): a rich bar on a terminal and in a
+    notebook (rich draws it there through ipywidgets), and one plain line per log point anywhere else (a pipe, a
+    log file, nohup, a batch job), where a redrawn bar would show nothing until the run ends."""
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        console = Console(stderr=True)
+    def __init__(self, total: int, start: int, enabled: bool, console: Console | None = None) -> None:
+        self._console = console or Console(stderr=True)
+        self._total = total
+        self._enabled = enabled
         self._progress = None
-        if enabled and console.is_terminal:
+        if enabled and _draws_live(self._console):
             self._progress = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(),
-                console=console,
+                console=self._console,
                 transient=False,
             )
             self._task = self._progress.add_task("train", total=total, completed=start, info="")
@@ -162,19 +167,37 @@ class ProgressBar:
         return self
 
     def update(self, step: int, record: Record) -> None:
-        if self._progress is None:
+        if not self._enabled:
             return
-        parts = [f"loss {record['loss']:.4f}"] if "loss" in record else []
-        if "tokens_per_s" in record:
-            parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
-        elif "samples_per_s" in record:
-            parts.append(f"{record['samples_per_s']:,.0f} samples/s")
-        if "mfu" in record:
-            parts.append(f"MFU {record['mfu']:.1%}")
-        self._progress.update(self._task, completed=step, info=" | ".join(parts))
+        info = _info(record)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=info)
+            return
+        elapsed = f" | {record['elapsed_s']:.1f} s elapsed" if "elapsed_s" in record else ""
+        # soft_wrap: a log line stays one line whatever width rich assumes for a file (80 columns).
+        self._console.print(f"train step {step}/{self._total} | {info}{elapsed}", markup=False, soft_wrap=True)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _draws_live(console: Console) -> bool:
+    """Whether a redrawn bar is seen as it runs: on a terminal, or in Jupyter when ipywidgets is installed (without
+    it rich only warns, and the plain lines serve better)."""
+    if console.is_terminal and not console.is_dumb_terminal:
+        return True
+    return console.is_jupyter and importlib.util.find_spec("ipywidgets") is not None
+
+
+def _info(record: Record) -> str:
+    parts = [f"loss {record['loss']:.4f}"] if "loss" in record else []
+    if "tokens_per_s" in record:
+        parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
+    elif "samples_per_s" in record:
+        parts.append(f"{record['samples_per_s']:,.0f} samples/s")
+    if "mfu" in record:
+        parts.append(f"MFU {record['mfu']:.1%}")
+    return " | ".join(parts)

@@ -43,7 +43,9 @@ class FitResult:
     start_step: int  # the step this call resumed from (0 for a fresh run)
     device: str
     precision: str
-    loss: float | None  # mean training loss of the last log interval
+    loss: float | None  # mean training loss over the last log interval: the steps of loss_steps
+    loss_steps: tuple[int, int] | None  # (first, last) step that ``loss`` averages, both included
+    last_step_loss: float | None  # the loss of the last step trained (read with the last log point's fetch)
     eval_loss: float | None
     wall_time_s: float  # this call, set-up and evaluation included
     samples_per_s: float | None
@@ -77,6 +79,8 @@ def build_result(run: Run, *, plot: bool) -> FitResult:
         device=str(run.device),
         precision=run.precision.name,
         loss=run.last_loss,
+        loss_steps=run.loss_steps,
+        last_step_loss=run.last_step_loss,
         eval_loss=run.eval_loss,
         wall_time_s=run.watch.lap()[1],
         samples_per_s=summary.get("samples_per_s"),

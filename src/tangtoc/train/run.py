@@ -101,7 +101,9 @@ class Run:
         self.interval = Interval()
         self.intervals: list[tuple[Interval, float]] = []  # (work, seconds) of every log interval so far
         self.skipped = 0
-        self.last_loss: float | None = None
+        self.last_loss: float | None = None  # the mean over the last log interval, steps loss_steps
+        self.loss_steps: tuple[int, int] | None = None
+        self.last_step_loss: float | None = None
         self.eval_loss: float | None = None
         self.batch_size: int | None = None
         self.preempted = False
@@ -290,6 +292,8 @@ class Run:
         record: Record = {"kind": "train", "step": self.step}
         if reading.loss is not None:
             record["loss"] = self.last_loss = reading.loss
+            self.last_step_loss = reading.last_loss
+            self.loss_steps = (self.last_logged + 1, self.step)
         if reading.grad_norm is not None:
             record["grad_norm"] = reading.grad_norm
         lr = self.optimizer.param_groups[0].get("lr")

@@ -1,0 +1,73 @@
+"""What fit() shows while it runs and what its final loss is: progress off a terminal, the last step's loss."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+from torch.nn import functional as F
+
+from tangtoc.train import FitEvent, fit
+from tangtoc.train.metrics import ProgressBar, _draws_live
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen)) for _ in range(n)]
+
+
+def test_off_a_terminal_each_log_point_prints_one_line_as_it_happens(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[str] = []
+
+    def at_log_point(event: FitEvent) -> None:
+        if event.kind == "log":  # the line must be out already, not at the end of the run
+            seen.append(capsys.readouterr().err)
+
+    fit(nn.Linear(4, 2), _batches(6), loss_fn=F.mse_loss, steps=6, log_every=2, device="cpu", callbacks=[at_log_point])
+    assert [len(s.splitlines()) for s in seen] == [1, 1, 1]
+    line = r"train step {}/6 \| loss \d+\.\d{{4}} \| [\d,]+ samples/s \| \d+\.\d s elapsed\n"
+    for step, text in zip((2, 4, 6), seen, strict=True):
+        assert re.fullmatch(line.format(step), text), text
+
+
+def test_progress_false_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    fit(nn.Linear(4, 2), _batches(4), loss_fn=F.mse_loss, steps=4, log_every=2, device="cpu", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_terminal_gets_the_bar_and_no_lines() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    with ProgressBar(4, 0, True, console) as bar:
+        bar.update(2, {"loss": 1.5, "samples_per_s": 10.0, "elapsed_s": 0.1})
+    assert "train step" not in out.getvalue() and "loss 1.5000" in out.getvalue()
+
+
+@pytest.mark.parametrize("widgets", [True, False])
+def test_a_notebook_gets_the_bar_only_where_rich_can_draw_it(widgets: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (object() if widgets else None) if name == "ipywidgets" else real(name, *a),
+    )
+    assert _draws_live(Console(file=io.StringIO(), force_jupyter=True)) is widgets
+    assert not _draws_live(Console(file=io.StringIO(), force_jupyter=False, force_terminal=False))
+
+
+def test_the_final_loss_says_its_steps_and_the_last_step_loss_is_read_too() -> None:
+    model = nn.Linear(4, 2)
+    data = _batches(6)
+    # lr=0: every step sees the same weights, so each step's loss is known beforehand.
+    result = fit(model, data, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), loss_fn=F.mse_loss, steps=6,
+                 log_every=4, device="cpu", progress=False)  # fmt: skip
+    with torch.no_grad():
+        losses = [F.mse_loss(model(x), y).item() for x, y in data]
+    assert result.loss_steps == (5, 6)
+    assert result.loss == pytest.approx(sum(losses[4:]) / 2)
+    assert result.last_step_loss == pytest.approx(losses[5])
