@@ -280,6 +280,13 @@ def test_lm_windows_shift_by_one() -> None:
         lm_windows(encode("abc"), 4)
 
 
+def test_encode_gives_the_token_ids_an_embedding_takes() -> None:
+    ids = encode("tă")
+    assert ids.dtype == torch.int64 and ids.tolist() == [116, 196, 131]
+    assert torch.nn.Embedding(256, 2)(ids).shape == (3, 2)  # uint8 ids were refused by the embedding
+    assert encode("").shape == (0,)
+
+
 def test_decode_replaces_invalid_utf8() -> None:
     assert decode(torch.tensor([104, 105, 255], dtype=torch.uint8)) == "hi\ufffd"
     assert decode(encode("tăng tốc")) == "tăng tốc"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn import functional as F
 
+from tangtoc.data import decode, encode
 from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES, GPTConfig, MLPConfig, gpt_config, mlp_config
+from tangtoc.train import CheckpointError, fit
 
 
 def _on_meta(name: str) -> GPT:
@@ -116,6 +120,53 @@ def test_generate_appends_tokens_reproducibly_and_restores_mode() -> None:
 def test_generate_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         GPT(gpt_config("tiny")).generate(torch.zeros(1, 1, dtype=torch.long), **kwargs)
+
+
+def test_encode_and_generate_compose() -> None:
+    model = GPT(gpt_config("tiny"))
+    out = model.generate(encode("def ")[None], 5, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.long and decode(out[0]).startswith("def ")
+    as_bytes = torch.tensor([list(b"def ")], dtype=torch.uint8)  # a byte tensor is widened, not refused
+    same = model.generate(as_bytes, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same, out)
+
+
+@pytest.mark.parametrize(
+    ("idx", "error", "match"),
+    [
+        (torch.zeros(1, 3), TypeError, r"generate needs token ids \(an integer tensor\), got dtype torch.float32"),
+        (torch.zeros(3, dtype=torch.long), ValueError, r"shape \(batch, time\) .* got shape \(3,\)\. Fix: .*\[None\]"),
+        (encode("")[None], ValueError, r"time >= 1, got shape \(1, 0\)"),
+    ],
+)
+def test_generate_says_what_a_prompt_must_be(idx: torch.Tensor, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        GPT(gpt_config("tiny")).generate(idx, 1)
+
+
+def test_from_checkpoint_rebuilds_the_trained_gpt_without_its_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = GPT(gpt_config("tiny", n_layer=1))
+    batch = (torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32)))
+    fit(model, [batch], steps=2, checkpoint_dir=tmp_path, progress=False, device="cpu")
+    for path in (tmp_path, tmp_path / "step-00000002.pt"):  # the run's folder means its newest checkpoint
+        loaded = GPT.from_checkpoint(path, device="cpu")
+        assert loaded.config == model.config and not loaded.training
+        theirs = model.state_dict()
+        assert loaded.state_dict().keys() == theirs.keys()
+        assert all(torch.equal(v, theirs[k]) for k, v in loaded.state_dict().items())
+
+
+def test_from_checkpoint_refuses_what_holds_no_gpt(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*missing: no such file or folder"):
+        GPT.from_checkpoint(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint \(no step-NNNNNNNN\.pt file\)"):
+        GPT.from_checkpoint(tmp_path)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    fit(MLP(MLPConfig(in_features=4, out_features=2)), [(x, y)], loss_fn=F.cross_entropy, steps=1,
+        checkpoint_dir=tmp_path, progress=False, device="cpu")  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"holds a MLP\(in_features=4, hidden=64, .*\), not a GPT"):
+        GPT.from_checkpoint(tmp_path)
 
 
 def test_mlp_shapes_and_flops() -> None:

@@ -127,7 +127,8 @@ def test_resume_into_another_model_or_afresh_into_a_used_folder_is_refused(tmp_p
     _train(5, tmp_path)
     other = MLP(MLPConfig(in_features=8, hidden=32, out_features=3))
     x, y = synthetic_classification(32, features=8, classes=3)
-    with pytest.raises(CheckpointError, match=r"does not match this model or optimizer: .*size mismatch for net"):
+    # The fields that differ, read from the config stored beside the weights (not load_state_dict's tensor dump).
+    with pytest.raises(CheckpointError, match=r"it holds a MLP of another shape \(hidden=16 there, 32 here\)\. Fix"):
         fit(other, [(x, y)], loss_fn=F.cross_entropy, steps=10, checkpoint_dir=tmp_path, progress=False, device="cpu")
     with pytest.raises(ValueError, match=r"resume=False, but checkpoint_dir already holds .*step-00000005\.pt"):
         fit(
@@ -154,3 +155,21 @@ def load_jsonl(path: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_checkpoint_without_a_config_still_names_the_tensors_that_differ(tmp_path: Path) -> None:
+    _train(5, tmp_path)
+    path = latest_checkpoint(tmp_path)
+    assert path is not None
+    state = load_checkpoint(path)
+    assert state["model_config"] == {
+        "class": "MLP",
+        "config": {"in_features": 8, "hidden": 16, "out_features": 3, "depth": 2},
+    }
+    del state["model_config"]  # as written before tangtoc stored configs
+    path.unlink()
+    save_checkpoint(state, tmp_path, keep_last=3)
+    other = MLP(MLPConfig(in_features=8, hidden=32, out_features=3))
+    x, y = synthetic_classification(32, features=8, classes=3)
+    with pytest.raises(CheckpointError, match=r"does not match this model or optimizer: .*size mismatch for net"):
+        fit(other, [(x, y)], loss_fn=F.cross_entropy, steps=10, checkpoint_dir=tmp_path, progress=False, device="cpu")

@@ -80,8 +80,10 @@ def lm_windows(
 
 
 def encode(text: str) -> torch.Tensor:
-    """UTF-8 bytes of ``text`` as a ``uint8`` tensor (the byte-level tokenisation)."""
-    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8)
+    """UTF-8 bytes of ``text`` as token ids, a 1-D ``int64`` tensor (the byte-level tokenisation). ``int64``, the
+    dtype an embedding takes, so that ``model.generate(encode(text)[None], n)`` works as it is; the corpora keep
+    their bytes as ``uint8`` (8x less memory) and :func:`lm_windows` widens the windows."""
+    return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
 
 
 def decode(tokens: torch.Tensor) -> str:

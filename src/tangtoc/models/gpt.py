@@ -16,6 +16,7 @@ So a batch ``(idx, targets)`` trains with ``fit(model, loader)`` and no loss fun
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -159,6 +160,33 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: torch.device | str | None = None) -> GPT:
+        """The GPT saved in a checkpoint of :func:`tangtoc.fit` (or ``tangtoc train gpt``), in eval mode: ``path`` is
+        a checkpoint file, or a run's folder for its newest checkpoint. The shape comes from the config stored
+        beside the weights, so the size it was trained at need not be known. Loaded with ``weights_only=True``.
+
+        Raises :class:`~tangtoc.train.CheckpointError` when there is no checkpoint there, or it holds no GPT config
+        (another model, or a checkpoint written before tangtoc stored configs).
+        """
+        # tangtoc.train stands above models/ (it trains them): imported here, when called, not when models load.
+        from tangtoc.train.checkpoint import describe_model, find_checkpoint, load_checkpoint
+        from tangtoc.train.errors import CheckpointError
+
+        found = find_checkpoint(path)
+        state = load_checkpoint(found)
+        saved = state.get("model_config")
+        if saved is None or saved.get("class") != cls.__name__:
+            holds = "no model config" if saved is None else f"a {describe_model(saved)}"
+            raise CheckpointError(
+                f"{found} holds {holds}, not a {cls.__name__}, so the model cannot be rebuilt from it. For a "
+                "checkpoint without a config, build the model yourself and load state['model'] (from "
+                "tangtoc.train.load_checkpoint) into it."
+            )
+        model = cls(GPTConfig(**saved["config"]))
+        model.load_state_dict(state["model"])
+        return model.to(device).eval() if device is not None else model.eval()
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -222,10 +250,20 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Append ``max_new_tokens`` sampled tokens to each row of ``idx`` ``(B, T)`` and return ``(B, T + n)``.
 
-        Sampling divides the logits by ``temperature`` and, with ``top_k``, keeps only the k likeliest tokens.
-        Pass a ``generator`` (on the model's device) for reproducible samples. The model is put in eval mode
-        for the call and restored afterwards. The sequence fed to the model is cropped to ``block_size``.
+        ``idx`` may hold any integer dtype (``tangtoc.data.encode`` gives ``int64``; a ``uint8`` byte tensor is
+        widened once, here). Sampling divides the logits by ``temperature`` and, with ``top_k``, keeps only the k
+        likeliest tokens. Pass a ``generator`` (on the model's device) for reproducible samples. The model is put
+        in eval mode for the call and restored afterwards. The sequence fed to the model is cropped to
+        ``block_size``.
         """
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise TypeError(f"generate needs token ids (an integer tensor), got dtype {idx.dtype}.")
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(
+                f"generate needs token ids of shape (batch, time) with time >= 1, got shape {tuple(idx.shape)}. "
+                "Fix: a prompt of at least one token, as a row: encode(text)[None]."
+            )
+        idx = idx.long()  # the embedding takes int64 (and int32); the token ids appended below are int64
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
         if temperature <= 0:

@@ -8,11 +8,14 @@
   as one whose ``__reduce__`` would run a command, is refused instead of executed. So everything saved here is
   made of those types: RNG states are tensors, NumPy's state is converted, loader positions are ints.
 * **Bounded**: the newest ``keep_last`` checkpoints are kept, older ones deleted.
+* **Usable alone**: a run's checkpoint holds the model's class and config (:func:`model_config`) beside its
+  weights, so ``GPT.from_checkpoint(path)`` rebuilds the model without knowing the size it was trained at.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import random
@@ -54,6 +57,66 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     """The newest complete checkpoint in ``directory``, or ``None``."""
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def find_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself when it is a file, the newest checkpoint in it when it is a folder (a run's
+    ``--checkpoint-dir``); :class:`CheckpointError` saying which when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no checkpoint (no step-NNNNNNNN.pt file); is it a run's folder?")
+        return found
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: no such file or folder.")
+    return path
+
+
+def model_config(model: nn.Module) -> dict[str, Any] | None:
+    """What rebuilds ``model`` from a checkpoint alone: its class name and its ``config`` as plain values, when
+    ``model.config`` is a dataclass of plain values (tangtoc's GPT, MLP and CNN); ``None`` otherwise (a Hugging
+    Face config holds types a safe load refuses)."""
+    config = getattr(model, "config", None)
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
+    values = dataclasses.asdict(config)
+    if not all(_plain(v) for v in values.values()):
+        return None
+    cls = type(model)
+    # FSDP2's fully_shard swaps the class for a subclass named FSDP<Name>: record the model's own class.
+    own = next((base for base in cls.__bases__ if f"FSDP{base.__name__}" == cls.__name__), cls)
+    return {"class": own.__name__, "config": values}
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def describe_model(saved: dict[str, Any]) -> str:
+    """``GPT(vocab_size=256, block_size=32, ...)``: a saved :func:`model_config` as a reader knows it."""
+    fields = ", ".join(f"{k}={v!r}" for k, v in saved["config"].items())
+    return f"{saved['class']}({fields})"
+
+
+def _check_model(path: Path, saved: dict[str, Any] | None, model: nn.Module) -> None:
+    """Refuse a checkpoint of another shape with the fields that differ, before load_state_dict's dump of every
+    mismatched tensor."""
+    mine = model_config(model)
+    if saved is None or mine is None or saved == mine:
+        return
+    if saved["class"] != mine["class"]:
+        differ = f"it holds a {describe_model(saved)}, and this model is a {mine['class']}"
+    else:
+        theirs = saved["config"]
+        diffs = [f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in mine["config"].items() if theirs.get(k) != v]
+        differ = f"it holds a {saved['class']} of another shape ({'; '.join(diffs)})"
+    raise CheckpointError(
+        f"checkpoint {path} does not match this model: {differ}. Fix: build the model with the checkpoint's config "
+        f"({describe_model(saved)}; GPT.from_checkpoint(path) does that for a GPT), or use another checkpoint_dir."
+    )
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -229,6 +292,7 @@ def restore_run(path: Path, run: RunState) -> tuple[int, int]:
             f"({run.strategy or 'single'!r}) cannot load: FSDP keys it by parameter name, DDP and a single "
             "process by index. Resume with the strategy that wrote it."
         )
+    _check_model(path, state.get("model_config"), run.model)
     try:
         load_state_dicts(run.model, run.optimizer, state["model"], state["optimizer"], run.strategy)
     except (RuntimeError, ValueError, KeyError) as e:
@@ -256,6 +320,7 @@ def save_run(directory: Path, run: RunState, step: int, skipped: int, keep_last:
         state = {
             "step": step,
             "model": model_state,
+            "model_config": model_config(run.model),
             "optimizer": optimizer_state,
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
             **mine,  # rank 0's, so that the format stays the same as a single process's
