@@ -1,5 +1,9 @@
 """``tangtoc train gpt|mlp``: train a built-in model on built-in data, print a summary (and, for GPT, a sample).
 
+What was trained is kept: without ``--checkpoint-dir`` the run goes to a new folder ``runs/<model>-<size>-<UTC
+time>/`` (as the Hugging Face Trainer and Lightning keep theirs), said before training starts; ``--no-save`` keeps
+nothing.
+
 With ``--nproc N`` it starts itself on N processes through ``torch.distributed.run`` (torchrun's own entry point)
 and each of them runs this same command without the launch flags, exactly as ``torchrun --nproc-per-node N -m
 tangtoc train ...`` would; under torchrun only rank 0 prints the summary.
@@ -8,22 +12,27 @@ tangtoc train ...`` would; under torchrun only rank 0 prints the summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from tangtoc.cli.render import console, fmt_bytes, to_json
-from tangtoc.data import decode, encode
+from tangtoc.cli.sample import TEMPERATURE, TOP_K, sample_text
 from tangtoc.device import describe, resolve
 from tangtoc.errors import TangtocError
 from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES
 from tangtoc.step import DEFAULT_LR, PRECISIONS, default_optimizer
-from tangtoc.train import FitResult, fit, load_checkpoint, torchrun_env
+from tangtoc.train import FitResult, fit, torchrun_env
 from tangtoc.train.distributed import STRATEGIES, device_for_rank
 from tangtoc.train.launch import DEFAULT_JOIN_TIMEOUT_S, LaunchConfig, check_nproc, launch
 from tangtoc.workloads import TRAIN_BATCH, training
 
 SAMPLE_PROMPT = "def "
+RUNS_DIR = Path("runs")  # where a run goes without --checkpoint-dir, relative to the working folder
 
 
 #: The flags that say where the processes run; the launched ranks get every other flag as it was given.
@@ -71,14 +80,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (needs a C compiler)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
     p.add_argument("--log-every", type=_positive, default=50)
-    p.add_argument("--checkpoint-dir", default=None, help="checkpoints, metrics.jsonl and loss.png go here")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help=f"checkpoints, metrics.jsonl and loss.png go here (default: a new folder {RUNS_DIR}/<model>-<size>-<UTC "
+        "time>)",
+    )
+    p.add_argument("--no-save", action="store_true", help="keep nothing: no checkpoint, no metrics file, no plot")
     p.add_argument("--checkpoint-every", type=_positive, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads", type=_positive, default=None, help="CPU threads for torch (default: torch's choice, one per core)"
     )
-    p.add_argument("--sample-tokens", type=int, default=200, help="gpt: bytes to generate after training")
+    p.add_argument("--sample-tokens", type=_non_negative, default=200, help="gpt: bytes to generate after training")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     d = p.add_argument_group("several processes (torchrun)")
     d.add_argument(
@@ -135,12 +150,69 @@ def _launch(args: argparse.Namespace) -> int:
     except ValueError as e:
         err.print(f"tangtoc train: error: {e}", markup=False)
         return 2
-    launch(config, ["tangtoc", *worker_argv(args, args.parser)])  # a DistributedError reaches main(): exit 1
+    claimed = None
+    if args.checkpoint_dir is None and not args.no_save:
+        if args.nnodes > 1:  # each machine's launcher would name its own folder
+            err.print(
+                "tangtoc train: error: on several machines, pass --checkpoint-dir (one folder that every machine "
+                "shares) or --no-save."
+            )
+            return 2
+        claimed = _claim_run_dir(args)
+        if claimed is None:
+            return 2
+        args.checkpoint_dir = str(claimed)  # the ranks all write into the one folder named here
+    try:
+        launch(config, ["tangtoc", *worker_argv(args, args.parser)])  # a DistributedError reaches main(): exit 1
+    finally:
+        _drop_if_empty(claimed)
     return 0
+
+
+def _claim_run_dir(args: argparse.Namespace) -> Path | None:
+    """Create the run's own folder ``runs/<model>-<size>-<UTC time>`` (``-2``, ``-3``... when another run started
+    in the same second: mkdir is the claim, so two runs never share one) and say where it is; ``None`` after
+    saying why it cannot be created."""
+    err = console(stderr=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while True:
+        path = RUNS_DIR / f"{args.model}-{args.size}-{stamp}{'' if n == 1 else f'-{n}'}"
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            if path.is_dir():
+                n += 1
+                continue
+            reason = "a file is in the way"  # "runs", or a file named like the folder
+        except OSError as e:
+            reason = e.strerror or str(e)
+        else:
+            err.print(f"tangtoc train: saving this run in {path}/ (--checkpoint-dir to choose, --no-save for none)")
+            return path
+        err.print(
+            f"tangtoc train: error: cannot create the run folder {path}: {reason}. Pass --checkpoint-dir with a "
+            "writable folder, or --no-save to keep nothing.",
+            markup=False,
+        )
+        return None
+
+
+def _drop_if_empty(folder: Path | None) -> None:
+    """Remove the run folder made for a run that failed before writing anything into it."""
+    if folder is not None:
+        with contextlib.suppress(OSError):  # not empty: it holds what the run wrote, which is kept
+            folder.rmdir()
 
 
 def run(args: argparse.Namespace) -> int:
     err = console(stderr=True)
+    if args.no_save and (args.checkpoint_dir is not None or args.resume or args.checkpoint_every is not None):
+        err.print(
+            "tangtoc train: error: --no-save keeps nothing, so it cannot go with --checkpoint-dir, --resume or "
+            "--checkpoint-every."
+        )
+        return 2
     if args.nproc is not None:
         return _launch(args)
     given = [
@@ -158,11 +230,19 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"tangtoc train: error: {e}", markup=False)
         return 2
     where = f" (rank {env.rank} of {env.world_size})" if env is not None else ""
+    if env is not None and args.checkpoint_dir is None and not args.no_save:
+        # Each process would name its own folder after its own start time.
+        err.print(
+            f"tangtoc train: error{where}: under torchrun, pass --checkpoint-dir (one folder that every process "
+            "shares) or --no-save."
+        )
+        return 2
     if args.threads is not None:
         # Small models on a busy machine often run faster on one thread than on all cores (less waiting).
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the same on every rank: one initial model, one data order to shard
     device = device_for_rank(args.device)  # a device this machine lacks is a usage error: main() exits 2
+    claimed = None
     try:
         work = training(
             args.model,
@@ -174,6 +254,10 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         model = work.model
+        if args.checkpoint_dir is None and not args.no_save:
+            claimed = _claim_run_dir(args)
+            if claimed is None:
+                return 2
         result = fit(
             model,
             work.train,
@@ -185,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
             compile=args.compile,
             log_every=args.log_every,
             eval_data=work.val,
-            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_dir=claimed or args.checkpoint_dir,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
             on_preempt="return",
@@ -199,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
     except TangtocError as e:  # the run failed; on several processes, say which one
         err.print(f"tangtoc train: error{where}: {e}", markup=False)
         return 1
+    finally:
+        _drop_if_empty(claimed)
     if env is not None and env.rank != 0:
         return 0  # rank 0 reports for all
     sample = _sample(model, args, device, result) if args.model == "gpt" and not result.preempted else None
@@ -215,12 +301,8 @@ def _sample(model: GPT, args: argparse.Namespace, device: torch.device, result: 
         # The trained model is sharded across ranks that are gone; its full weights are in the checkpoint.
         if result.checkpoint is None:
             return None
-        model = GPT(model.config).to(device)
-        model.load_state_dict(load_checkpoint(result.checkpoint)["model"])
-    prompt = encode(SAMPLE_PROMPT).long().unsqueeze(0).to(device)
-    generator = torch.Generator(device).manual_seed(args.seed)
-    out = model.generate(prompt, args.sample_tokens, temperature=0.8, top_k=40, generator=generator)
-    return decode(out[0])
+        model = GPT.from_checkpoint(result.checkpoint, device=device)
+    return sample_text(model, SAMPLE_PROMPT, args.sample_tokens, seed=args.seed)
 
 
 def _summary(
@@ -237,7 +319,9 @@ def _summary(
         "precision": result.precision,
         "steps": result.step,
         "resumed_from_step": result.start_step or None,
-        "loss": result.loss,
+        "loss": result.loss,  # the mean over the steps of loss_steps (the last log interval)
+        "loss_steps": result.loss_steps,
+        "last_step_loss": result.last_step_loss,
         "eval_loss": result.eval_loss,
         "tokens_per_s": result.tokens_per_s,
         "samples_per_s": result.samples_per_s,
@@ -261,12 +345,13 @@ def _render(s: dict[str, Any], result: FitResult) -> None:
     )
     out.print(f"data: {s['data']}", markup=False, soft_wrap=True)
     resumed = f" (resumed from step {s['resumed_from_step']})" if s["resumed_from_step"] else ""
-    loss = "n/a" if s["loss"] is None else f"{s['loss']:.4f}"
+    if s["loss"] is None:
+        loss = "train loss n/a"
+    else:  # a mean over an interval differs from one step's loss: both are said, with what they are
+        first, last = s["loss_steps"]
+        loss = f"train loss {s['loss']:.4f} (mean of steps {first} to {last}), last step {s['last_step_loss']:.4f}"
     eval_loss = "n/a" if s["eval_loss"] is None else f"{s['eval_loss']:.4f}"
-    out.print(
-        f"steps: {s['steps']}{resumed} | final train loss {loss} | eval loss {eval_loss} "
-        f"| wall {s['wall_time_s']:.1f} s"
-    )
+    out.print(f"steps: {s['steps']}{resumed} | {loss} | eval loss {eval_loss} | wall {s['wall_time_s']:.1f} s")
     rate = (
         f"{s['tokens_per_s']:,.0f} tokens/s"
         if s["tokens_per_s"] is not None
@@ -289,5 +374,7 @@ def _render(s: dict[str, Any], result: FitResult) -> None:
             f"[yellow]preempted[/yellow] at step {s['steps']}: checkpoint written; rerun with --resume to continue."
         )
     if s["sample"] is not None:
-        out.print(f"[bold]sample[/bold] (temperature 0.8, top-k 40, prompt {SAMPLE_PROMPT!r}):")
+        if s["checkpoint"] is not None:
+            out.print(f"more text: tangtoc sample {shlex.quote(s['checkpoint'])} --prompt TEXT", markup=False)
+        out.print(f"[bold]sample[/bold] (temperature {TEMPERATURE}, top-k {TOP_K}, prompt {SAMPLE_PROMPT!r}):")
         out.print(s["sample"], markup=False, highlight=False, soft_wrap=True)
