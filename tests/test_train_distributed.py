@@ -69,10 +69,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+def _launch(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` in a session of its own, so that a hang ends with the launcher *and* its ranks killed."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, cwd=cwd)  # fmt: skip
     try:
         out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -170,14 +170,26 @@ def test_cli_nproc_2_trains_and_only_rank_0_reports(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "step-00000004.pt")["world_size"] == 2
 
 
-def test_cli_nproc_reports_the_rank_that_failed() -> None:
+def test_cli_nproc_without_checkpoint_dir_keeps_the_run_in_one_folder(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "tangtoc", "train", "mlp", "--size", "tiny", "--steps", "4", "--log-every", "2",
+           "--device", "cpu", "--json", "--nproc", "2"]  # fmt: skip
+    proc = _launch(cmd, cwd=tmp_path)
+    summary = json.loads(_ok(proc))
+    (run,) = (tmp_path / "runs").iterdir()  # named once, by the launcher: not one folder per rank
+    assert summary["checkpoint"] == f"runs/{run.name}/step-00000004.pt"
+    assert load_checkpoint(run / "step-00000004.pt")["world_size"] == 2
+    assert f"tangtoc train: saving this run in runs/{run.name}/" in proc.stderr
+
+
+def test_cli_nproc_reports_the_rank_that_failed(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "tangtoc", "train", "gpt", "--size", "tiny", "--data", "/nonexistent/corpus",
            "--device", "cpu", "--nproc", "2"]  # fmt: skip
-    proc = _launch(cmd)
+    proc = _launch(cmd, cwd=tmp_path)
     assert proc.returncode == 1
     err = " ".join(proc.stderr.split())
     assert "tangtoc train: error (rank 1 of 2): no such file or folder: '/nonexistent/corpus'" in err
     assert re.search(r"tangtoc train: error: rank [01] exited with 2, so torchrun stopped the other ranks", err)
+    assert list((tmp_path / "runs").iterdir()) == []  # the folder named for the run is gone with it
 
 
 # -- the pieces, in one process ---------------------------------------------------------------------------------------
@@ -250,7 +262,10 @@ def test_master_alone_says_how_many_processes_joined(monkeypatch: pytest.MonkeyP
         _tiny_fit(dist_timeout_s=1)
 
 
-def test_port_in_use_gives_a_clear_message(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_port_in_use_gives_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the launch names a run folder under ./runs before it fails
     with socket.socket() as taken:
         taken.bind(("", 0))
         taken.listen()
@@ -400,6 +415,8 @@ def test_nproc_beyond_the_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
         (["--nproc", "1", "--nnodes", "2", "--node-rank", "2", "--master-addr", "n0"],
          "--node-rank must be in 0..1 for --nnodes 2, got 2"),
         (["--master-port", "29555"], "--master-port only make sense with --nproc"),
+        (["--nproc", "1", "--nnodes", "2", "--master-addr", "n0"],
+         "on several machines, pass --checkpoint-dir (one folder that every machine shares) or --no-save."),
     ],
 )  # fmt: skip
 def test_launch_flags_that_cannot_work_are_usage_errors(
@@ -407,6 +424,17 @@ def test_launch_flags_that_cannot_work_are_usage_errors(
 ) -> None:
     assert main(["train", "mlp", "--device", "cpu", *argv]) == 2
     assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_under_torchrun_the_run_folder_is_named_by_the_user(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _torchrun_vars(monkeypatch, 1, 2, 29500)  # each process would name its own folder after its own start time
+    assert main(["train", "mlp", "--device", "cpu"]) == 2
+    assert (
+        "tangtoc train: error (rank 1 of 2): under torchrun, pass --checkpoint-dir (one folder that every process "
+        "shares) or --no-save." in " ".join(capsys.readouterr().err.split())
+    )
 
 
 def test_nproc_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
