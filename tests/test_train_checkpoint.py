@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +175,48 @@ def test_a_checkpoint_without_a_config_still_names_the_tensors_that_differ(tmp_p
     x, y = synthetic_classification(32, features=8, classes=3)
     with pytest.raises(CheckpointError, match=r"does not match this model or optimizer: .*size mismatch for net"):
         fit(other, [(x, y)], loss_fn=F.cross_entropy, steps=10, checkpoint_dir=tmp_path, progress=False, device="cpu")
+
+
+def test_resume_with_fewer_steps_than_done_says_there_is_nothing_to_train(tmp_path: Path) -> None:
+    _train(10, tmp_path)
+    with pytest.raises(ValueError, match=r"step-00000010\.pt is at step 10, past steps=5: there is nothing to train\. "
+                                         r"Fix: steps > 10 \(--steps in the CLI\)"):  # fmt: skip
+        _train(5, tmp_path)
+
+
+def test_resuming_a_finished_run_reports_its_losses_and_adds_no_record(tmp_path: Path) -> None:
+    x, y = synthetic_classification(64, features=8, classes=3)
+
+    def finish() -> tuple[float | None, float | None, tuple[int, int] | None]:
+        torch.manual_seed(0)
+        model = MLP(MLPConfig(in_features=8, hidden=16, out_features=3))
+        r = fit(model, [(x[:32], y[:32])], loss_fn=F.cross_entropy, steps=4, log_every=3, eval_data=[(x[32:], y[32:])],
+                checkpoint_dir=tmp_path, progress=False, device="cpu")  # fmt: skip
+        return r.loss, r.eval_loss, r.loss_steps
+
+    first = finish()
+    assert finish() == finish() == first  # the logged losses, not None, and no new evaluation
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 3), ("train", 4), ("eval", 4)]
+
+
+@pytest.mark.parametrize(
+    ("inside", "problem"),
+    [(".", "it is a file, not a folder"), ("sub/ckpt", "{file} is a file, so no folder can be made under it")],
+)
+def test_a_checkpoint_dir_that_cannot_be_used_is_refused_before_training(
+    inside: str, problem: str, tmp_path: Path
+) -> None:
+    file = tmp_path / "taken"
+    file.write_text("not a folder")
+    where = file / inside if inside != "." else file
+    message = f"cannot write checkpoints to {where}: {problem.format(file=file)}. Fix: a folder you can write to"
+    with pytest.raises(CheckpointError, match=re.escape(message)):  # was a bare FileExistsError / NotADirectoryError
+        _train(1, where)
+
+
+def test_an_unwritable_checkpoint_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # root may write anywhere, so the refusal of the OS is played by os.access (what the check asks).
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoints to .*: permission denied: it is not writable"):
+        _train(1, tmp_path)

@@ -147,3 +147,27 @@ def test_a_run_that_fails_leaves_no_empty_folder(tmp_path: Path, capsys: pytest.
     assert main(["train", "mlp", "--size", "tiny", "--steps", "2", "--device", "cpu", "--strategy", "fsdp"]) == 2
     assert "strategy='fsdp' needs several processes" in capsys.readouterr().err
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_resume_says_what_it_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "typo"
+    argv = ["train", "mlp", "--size", "tiny", "--threads", "1", "--device", "cpu", "--checkpoint-dir", str(ckpt),
+            "--resume", "--steps"]  # fmt: skip
+    assert main([*argv, "4"]) == 0  # a scheduler's rerun passes --resume from the first run on: it starts, and says so
+    assert f"tangtoc train: --resume: no checkpoint in {ckpt} yet, so this run starts at step 0." in (
+        capsys.readouterr().err.replace("\n", "")
+    )
+    assert main([*argv, "4"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"nothing to train: {ckpt / 'step-00000004.pt'} is already at step 4, as many as --steps." in err
+    assert main([*argv, "2"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "step-00000004.pt is at step 4, past steps=2: there is nothing to train. Fix: steps > 4 (--steps" in err
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "f").write_text("x")
+    assert main(["train", "mlp", "--size", "tiny", "--device", "cpu", "--checkpoint-dir", str(tmp_path / "f")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"tangtoc train: error: cannot write checkpoints to {tmp_path / 'f'}: it is a file, not a folder." in err
+    assert "Traceback" not in err

@@ -26,7 +26,8 @@ from tangtoc.device import describe, resolve
 from tangtoc.errors import TangtocError
 from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES
 from tangtoc.step import DEFAULT_LR, PRECISIONS, default_optimizer
-from tangtoc.train import FitResult, fit, torchrun_env
+from tangtoc.train import CheckpointError, FitResult, fit, latest_checkpoint, torchrun_env
+from tangtoc.train.checkpoint import prepare_checkpoint_dir
 from tangtoc.train.distributed import STRATEGIES, device_for_rank
 from tangtoc.train.launch import DEFAULT_JOIN_TIMEOUT_S, LaunchConfig, check_nproc, launch
 from tangtoc.workloads import TRAIN_BATCH, training
@@ -213,6 +214,12 @@ def run(args: argparse.Namespace) -> int:
             "--checkpoint-every."
         )
         return 2
+    if args.checkpoint_dir is not None:
+        try:  # before any work: a folder that cannot take checkpoints would fail only at the first save
+            prepare_checkpoint_dir(Path(args.checkpoint_dir))
+        except CheckpointError as e:
+            err.print(f"tangtoc train: error: {e}", markup=False)
+            return 2
     if args.nproc is not None:
         return _launch(args)
     given = [
@@ -230,6 +237,11 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"tangtoc train: error: {e}", markup=False)
         return 2
     where = f" (rank {env.rank} of {env.world_size})" if env is not None else ""
+    if args.resume and latest_checkpoint(args.checkpoint_dir) is None and (env is None or env.rank == 0):
+        err.print(
+            f"tangtoc train: --resume: no checkpoint in {args.checkpoint_dir} yet, so this run starts at step 0.",
+            markup=False,
+        )
     if env is not None and args.checkpoint_dir is None and not args.no_save:
         # Each process would name its own folder after its own start time.
         err.print(
@@ -287,6 +299,11 @@ def run(args: argparse.Namespace) -> int:
         _drop_if_empty(claimed)
     if env is not None and env.rank != 0:
         return 0  # rank 0 reports for all
+    if 0 < result.start_step == result.step:
+        err.print(
+            f"tangtoc train: nothing to train: {result.checkpoint} is already at step {result.step}, as many as "
+            "--steps. Pass more --steps to train on."
+        )
     sample = _sample(model, args, device, result) if args.model == "gpt" and not result.preempted else None
     summary = _summary(args, model, work.data, result, sample)
     if args.json:
@@ -349,7 +366,9 @@ def _render(s: dict[str, Any], result: FitResult) -> None:
         loss = "train loss n/a"
     else:  # a mean over an interval differs from one step's loss: both are said, with what they are
         first, last = s["loss_steps"]
-        loss = f"train loss {s['loss']:.4f} (mean of steps {first} to {last}), last step {s['last_step_loss']:.4f}"
+        loss = f"train loss {s['loss']:.4f} (mean of steps {first} to {last})"
+        if s["last_step_loss"] is not None:  # None when a finished run was resumed: nothing was trained now
+            loss += f", last step {s['last_step_loss']:.4f}"
     eval_loss = "n/a" if s["eval_loss"] is None else f"{s['eval_loss']:.4f}"
     out.print(f"steps: {s['steps']}{resumed} | {loss} | eval loss {eval_loss} | wall {s['wall_time_s']:.1f} s")
     rate = (

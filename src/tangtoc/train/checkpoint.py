@@ -73,6 +73,31 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def prepare_checkpoint_dir(directory: Path) -> None:
+    """Create ``directory`` if needed and check that checkpoints can be written there, before any training: a
+    :class:`CheckpointError` that says why not (a file in the way, a read-only file system, no permission), instead
+    of an ``OSError`` at the first save."""
+    problem = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # mkdir's exist_ok covers folders only
+        problem = "it is a file, not a folder"
+    except NotADirectoryError:
+        under = next((p for p in directory.parents if p.exists() and not p.is_dir()), directory.parent)
+        problem = f"{under} is a file, so no folder can be made under it"
+    except OSError as e:
+        problem = f"it cannot be created ({e.strerror or e})"
+    else:
+        if not os.access(directory, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
+            readonly = os.statvfs(directory).f_flag & os.ST_RDONLY if hasattr(os, "statvfs") else 0
+            problem = "it is on a read-only file system" if readonly else "permission denied: it is not writable"
+    if problem is not None:
+        raise CheckpointError(
+            f"cannot write checkpoints to {directory}: {problem}. Fix: a folder you can write to as checkpoint_dir "
+            "(--checkpoint-dir in the CLI)."
+        )
+
+
 def model_config(model: nn.Module) -> dict[str, Any] | None:
     """What rebuilds ``model`` from a checkpoint alone: its class name and its ``config`` as plain values, when
     ``model.config`` is a dataclass of plain values (tangtoc's GPT, MLP and CNN); ``None`` otherwise (a Hugging

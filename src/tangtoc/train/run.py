@@ -27,7 +27,7 @@ from tangtoc.device import describe
 from tangtoc.move import fetch, to_device
 from tangtoc.step import LossFn, LossRule, OptimizerFactory, default_optimizer, resolve_precision, work_counter
 from tangtoc.train.batches import BatchStream, shard_resident
-from tangtoc.train.checkpoint import RunState, newest_checkpoint, restore_run, save_run
+from tangtoc.train.checkpoint import RunState, newest_checkpoint, prepare_checkpoint_dir, restore_run, save_run
 from tangtoc.train.config import FitConfig
 from tangtoc.train.distributed import Distributed
 from tangtoc.train.errors import (
@@ -107,11 +107,14 @@ class Run:
         self.eval_loss: float | None = None
         self.batch_size: int | None = None
         self.preempted = False
+        self.evaluated = False  # at the final step, already (a finished run resumed)
         if config.checkpoint_dir is not None:
+            prepare_checkpoint_dir(config.checkpoint_dir)  # every rank: each fails alike, none waits on another
             found = newest_checkpoint(config.checkpoint_dir, parallel)
             if config.resume:
                 if found is not None:
                     self._restore(found)
+                    self._check_steps_left(found)
             elif found is not None:
                 # Mixing runs in one folder would make a later resume pick the wrong run's newest step.
                 raise ValueError(
@@ -120,6 +123,8 @@ class Run:
                 )
         log_path = config.log_dir / "metrics.jsonl" if config.log_dir is not None and self.rank == 0 else None
         self.log = MetricsLog(log_path, self.start_step if self.start_step else None)
+        if self.start_step == self.total_steps:  # a finished run, resumed: report what its log says
+            self._recall_finished()
 
     def _total_steps(self, data: Iterable[Any]) -> int:
         if self.cfg.steps is not None:
@@ -144,6 +149,28 @@ class Run:
         step, self.skipped = restore_run(path, self.state)
         self.step = self.start_step = self.last_logged = step
         self.checkpoint = path
+
+    def _check_steps_left(self, found: Path) -> None:
+        if self.step > self.total_steps:
+            raise ValueError(
+                f"fit: the checkpoint {found} is at step {self.step}, past steps={self.total_steps}: there is "
+                f"nothing to train. Fix: steps > {self.step} (--steps in the CLI) to train on from it, or another "
+                "checkpoint_dir for a new run."
+            )
+
+    def _recall_finished(self) -> None:
+        """Nothing is left to train: the losses are the logged ones (evaluating again would add a second eval
+        record at this step each time the finished run is resumed)."""
+        at_step = [r for r in self.log.records if r.get("step") == self.step]
+        train = [r for r in at_step if r.get("kind") == "train" and "loss" in r]
+        evals = [r for r in at_step if r.get("kind") == "eval"]
+        if train:
+            self.last_loss = train[-1]["loss"]
+            before = [r["step"] for r in self.log.records if r.get("kind") == "train" and r["step"] < self.step]
+            self.loss_steps = ((before[-1] if before else 0) + 1, self.step)
+        if evals:
+            self.eval_loss = evals[-1]["eval_loss"]
+            self.evaluated = True
 
     def _save(self) -> Path:
         directory: Path = self.cfg.checkpoint_dir  # type: ignore[assignment]
@@ -170,7 +197,11 @@ class Run:
                 if cfg.on_preempt == "exit":
                     raise SystemExit(0)
                 return build_result(self, plot=False)
-            if self.eval_data is not None and (cfg.eval_every is None or self.step % cfg.eval_every):
+            if (
+                self.eval_data is not None
+                and not self.evaluated
+                and (cfg.eval_every is None or self.step % cfg.eval_every)
+            ):
                 self._evaluate()
             if cfg.checkpoint_dir is not None and (self.checkpoint is None or self.step > self.start_step):
                 self._save()
