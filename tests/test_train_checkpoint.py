@@ -213,6 +213,8 @@ def test_a_checkpoint_dir_that_cannot_be_used_is_refused_before_training(
     message = f"cannot write checkpoints to {where}: {problem.format(file=file)}. Fix: a folder you can write to"
     with pytest.raises(CheckpointError, match=re.escape(message)):  # was a bare FileExistsError / NotADirectoryError
         _train(1, where)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        save_checkpoint(_state(1), where, keep_last=1)
 
 
 def test_an_unwritable_checkpoint_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -157,9 +157,10 @@ def _fsync_dir(directory: Path) -> None:
 
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike[str], *, keep_last: int) -> Path:
     """Write ``state`` (which must hold ``"step"``) atomically as ``directory/step-NNNNNNNN.pt``, delete all but
-    the newest ``keep_last`` checkpoints and any temporary file a killed run left, and return the path."""
+    the newest ``keep_last`` checkpoints and any temporary file a killed run left, and return the path. A folder
+    that cannot take it is a :class:`CheckpointError` (see :func:`prepare_checkpoint_dir`)."""
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_checkpoint_dir(root)
     for stale in root.glob(".step-*.tmp"):
         stale.unlink(missing_ok=True)
     final = checkpoint_path(root, int(state["step"]))
