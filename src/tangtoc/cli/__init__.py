@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from tangtoc import __version__
-from tangtoc.cli import advise, audit, bench, doctor, profile, sample, train
+from tangtoc.cli import advise, audit, bench, doctor, export, profile, sample, train
 from tangtoc.errors import DeviceUnavailableError, InvalidDeviceError, TangtocError
 from tangtoc.train.signals import Terminated
 
-COMMANDS = (doctor, bench, train, sample, advise, audit, profile)
+COMMANDS = (doctor, bench, train, sample, export, advise, audit, profile)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
