@@ -90,6 +90,7 @@ def test_in_a_pipe_each_log_point_prints_a_line(tmp_path: Path) -> None:
     assert [line.split(" | ")[0] for line in logs] == ["train step 20/60", "train step 40/60", "train step 60/60"]
     assert all(re.search(r"\| loss \d\.\d{4} \| [\d,]+ tok/s \| [\d.]+ s elapsed$", line) for line in logs), logs
     assert lines.index(logs[-1]) < next(i for i, line in enumerate(lines) if line.startswith("tangtoc train gpt"))
+    assert re.fullmatch(r"eval step 60 \| eval loss \d\.\d{4}", lines[lines.index(logs[-1]) + 1])
 
 
 def test_without_checkpoint_dir_the_run_is_kept_in_its_own_folder(

@@ -35,6 +35,20 @@ def test_off_a_terminal_each_log_point_prints_one_line_as_it_happens(capsys: pyt
         assert re.fullmatch(line.format(step), text), text
 
 
+def test_evaluations_get_their_own_line(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _batches(5)
+    fit(nn.Linear(4, 2), data[:4], loss_fn=F.mse_loss, steps=4, log_every=2, eval_data=data[4:], eval_every=2,
+        device="cpu")  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" | ")[0] for line in lines] == [
+        "train step 2/4",
+        "eval step 2",
+        "train step 4/4",
+        "eval step 4",
+    ]
+    assert re.fullmatch(r"eval step 4 \| eval loss \d+\.\d{4}", lines[-1])
+
+
 def test_progress_false_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     fit(nn.Linear(4, 2), _batches(4), loss_fn=F.mse_loss, steps=4, log_every=2, device="cpu", progress=False)
     assert capsys.readouterr().err == ""

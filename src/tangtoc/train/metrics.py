@@ -177,6 +177,11 @@ class ProgressBar:
         # soft_wrap: a log line stays one line whatever width rich assumes for a file (80 columns).
         self._console.print(f"train step {step}/{self._total} | {info}{elapsed}", markup=False, soft_wrap=True)
 
+    def note(self, line: str) -> None:
+        """A line of its own (an evaluation's result), printed above the bar or among the log lines."""
+        if self._enabled:
+            self._console.print(line, markup=False, soft_wrap=True)
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:

@@ -202,7 +202,7 @@ class Run:
                 and not self.evaluated
                 and (cfg.eval_every is None or self.step % cfg.eval_every)
             ):
-                self._evaluate()
+                self._evaluate(bar)
             if cfg.checkpoint_dir is not None and (self.checkpoint is None or self.step > self.start_step):
                 self._save()
         result = build_result(self, plot=True)
@@ -288,7 +288,7 @@ class Run:
             if saving or stopping:
                 self._save()
             if eval_every is not None and step % eval_every == 0 and self.eval_data is not None:
-                self._evaluate()
+                self._evaluate(bar)
             if stopping:
                 self.preempted = True
                 return
@@ -358,7 +358,7 @@ class Run:
         )
 
     @torch.no_grad()
-    def _evaluate(self) -> None:
+    def _evaluate(self, bar: ProgressBar) -> None:
         self.model.eval()
         total, n = torch.zeros((), device=self.device), 0
         # The plain model: compiling it again for eval mode would cost more than it saves here.
@@ -390,6 +390,7 @@ class Run:
         self.eval_loss = float(value)
         record = {"kind": "eval", "step": self.step, "eval_loss": self.eval_loss}
         self.log.write(record)
+        bar.note(f"eval step {self.step} | eval loss {self.eval_loss:.4f}")
         self._emit("eval", record)
 
     def _emit(
