@@ -94,7 +94,8 @@ class FitConfig:
         metadata=doc(
             "Continue from the newest checkpoint in ``checkpoint_dir``: model, optimizer, GradScaler, step, RNG states "
             "(CPU and device) and the data position. ``resume=False`` refuses a folder that already holds checkpoints, "
-            "rather than mixing two runs in it."
+            "rather than mixing two runs in it. A checkpoint past ``steps`` is refused (ValueError); a finished run "
+            "resumed trains nothing and adds no evaluation record."
         ),
     )
     on_nonfinite: NonfinitePolicy = field(
@@ -115,7 +116,11 @@ class FitConfig:
         ),
     )
     progress: bool = field(
-        default=True, metadata=doc("A progress bar on stderr, when it is a terminal, updated at log points.")
+        default=True,
+        metadata=doc(
+            "Progress on stderr at log points: a bar on a terminal or in Jupyter with ipywidgets; elsewhere (a pipe, "
+            "a log file, a batch job) one line per log point and per evaluation."
+        ),
     )
     log_dir: Path | SameAsCheckpoints | None = field(
         default=SAME_AS_CHECKPOINTS,

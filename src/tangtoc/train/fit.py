@@ -92,7 +92,8 @@ def fit(
         {settings}
 
     Raises:
-        NonFiniteLossError, CheckpointError, TrainingOutOfMemoryError (with the batch size and what to change),
+        NonFiniteLossError, CheckpointError (also for a ``checkpoint_dir`` that cannot be written, before training),
+        TrainingOutOfMemoryError (with the batch size and what to change),
         DistributedError (the process group cannot be formed, or the ranks disagree on the checkpoints),
         ValueError for arguments that cannot work (each names the argument).
     """
