@@ -111,3 +111,21 @@ def test_a_new_file_gets_the_usual_permissions_and_a_replaced_one_keeps_its_own(
         assert kept.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_fit_never_writes_through_a_link_planted_in_its_folder(tmp_path: Path) -> None:
+    # issue 13 item 1: `ln -s ~/victim ckpt/metrics.jsonl` made the victim hold JSON lines
+    import torch
+    import torch.nn.functional as F
+
+    from tangtoc.train import fit
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "metrics.jsonl").symlink_to(victim)
+    batches = [(torch.randn(4, 3), torch.randint(0, 2, (4,)))]
+    with pytest.raises(OutputError, match=r"refusing to write .*metrics.jsonl: it is a symbolic link"):
+        fit(torch.nn.Linear(3, 2), batches, loss_fn=F.cross_entropy, steps=1, progress=False, checkpoint_dir=ckpt)
+    assert victim.read_text() == "precious"

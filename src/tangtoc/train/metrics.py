@@ -19,6 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tangtoc.files import check_target, write_atomic
+
 Record = dict[str, Any]
 
 
@@ -73,15 +75,14 @@ class MetricsLog:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        kept: list[Record] = []
         if resume_step is not None and path.exists():
+            check_target(path)  # never read or write through a link planted in the run's folder
             kept = [r for r in _read_jsonl(path) if r.get("step", 0) <= resume_step]
-            self.records = kept
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, path)
-            self._file = path.open("a")
-        else:
-            self._file = path.open("w")
+        self.records = kept
+        # Rewritten atomically (no symlink followed, no other file replaced), then appended to by this process only.
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW), "a")
 
     def write(self, record: Record) -> None:
         self.records.append(record)
@@ -131,7 +132,7 @@ def plot_loss(records: Sequence[Record], path: Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    write_atomic(path, lambda f: fig.savefig(f, format="png"))
     return path
 
 
