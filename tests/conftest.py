@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -28,3 +30,13 @@ def _fresh_device_cache() -> None:
 
     device._validated.cache_clear()
     device.nvidia_driver_present.cache_clear()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch at one CPU thread for the test: on a shared 2-core machine two threads stall each other at every op,
+    which makes tiny training steps 10-100x slower and timing-sensitive tests flaky."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

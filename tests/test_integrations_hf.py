@@ -6,7 +6,6 @@ import copy
 import inspect
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,7 @@ SEQ, BATCH = 16, 4
 RATES = {"tangtoc/step_time_s", "tangtoc/samples_per_s", "tangtoc/tokens_per_s"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch at one thread for the test
 
 
 def _gpt2() -> nn.Module:

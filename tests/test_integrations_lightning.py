@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,7 @@ RATES = {"tangtoc/step_time_s", "tangtoc/samples_per_s"}
 ITEM_LINE = 0  # the line of the `.item()` in Classifier.training_step, set below
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch at one thread for the test
 
 
 class Classifier(L.LightningModule):

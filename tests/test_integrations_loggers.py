@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,7 @@ from tangtoc.integrations.loggers import MLflowLogger, TensorBoardLogger, WandbL
 from tangtoc.models import MLP, MLPConfig
 from tangtoc.train import FitEvent
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch at one thread for the test
 
 
 def _fit(callback: Any) -> tt.FitResult:

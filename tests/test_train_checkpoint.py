@@ -6,7 +6,6 @@ import json
 import os
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,7 @@ from tangtoc.models import MLP, MLPConfig
 from tangtoc.train import CheckpointError, fit, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from tangtoc.train.checkpoint import rng_state, set_rng_state
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch at one thread for the test
 
 
 def _state(step: int) -> dict[str, object]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,13 +11,7 @@ from tangtoc.data import ResidentLoader, stdlib_corpus
 from tangtoc.models import GPT, gpt_config
 from tangtoc.train import fit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch at one thread for the test
 
 
 def test_mini_gpt_loss_falls_well_below_its_start_on_the_stdlib_corpus() -> None:
