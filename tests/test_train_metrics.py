@@ -85,3 +85,23 @@ def test_the_final_loss_says_its_steps_and_the_last_step_loss_is_read_too() -> N
     assert result.loss_steps == (5, 6)
     assert result.loss == pytest.approx(sum(losses[4:]) / 2)
     assert result.last_step_loss == pytest.approx(losses[5])
+
+
+@pytest.mark.parametrize(("wait_per_batch", "share"), [(0.0, 0.0), (1e6, 1.0)])
+def test_fit_reports_the_share_of_time_spent_waiting_for_batches(
+    monkeypatch: pytest.MonkeyPatch, wait_per_batch: float, share: float
+) -> None:
+    # issue 14 item 5: fit's own data-wait share, from the clock around the data iterator's next(); here a fake
+    # clock says how long each next() took, so the share is known exactly (capped at the whole interval).
+    import importlib
+
+    import torch.nn.functional as F
+
+    from tangtoc.train import fit
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(importlib.import_module("tangtoc.train.run"), "now", lambda: next(ticks) * wait_per_batch)
+    batches = [(torch.randn(4, 3), torch.randint(0, 2, (4,))) for _ in range(4)]
+    result = fit(torch.nn.Linear(3, 2), batches, loss_fn=F.cross_entropy, steps=8, log_every=4, progress=False)
+    assert result.data_wait_share == pytest.approx(share)
+    assert all(r["data_wait_share"] == pytest.approx(share) for r in result.history if r["kind"] == "train")

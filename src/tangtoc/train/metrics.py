@@ -33,27 +33,31 @@ class Interval:
     samples: int = 0
     tokens: int = 0  # between log points, a 0-dim device tensor when padding is left out (tangtoc.step)
     flops: float = 0.0
+    data_wait_s: float = 0.0  # host time inside the data iterator's next(): this rank's, never summed over ranks
 
     def add(self, other: Interval) -> None:
         self.steps += other.steps
         self.samples += other.samples
         self.tokens += other.tokens
         self.flops += other.flops
+        self.data_wait_s += other.data_wait_s
 
     def take(self) -> Interval:
         """A copy of the counts, then zero them (in place: the hot loop holds a reference to this object)."""
-        taken = Interval(self.steps, self.samples, self.tokens, self.flops)
+        taken = Interval(self.steps, self.samples, self.tokens, self.flops, self.data_wait_s)
         self.steps = self.samples = self.tokens = 0
-        self.flops = 0.0
+        self.flops = self.data_wait_s = 0.0
         return taken
 
 
 def rates(work: Interval, seconds: float, peak_flops: float | None) -> Record:
-    """Step time, samples/s, tokens/s (when the batches are token ids) and MFU (when the model declares its
+    """Step time, samples/s, the share of the time spent waiting for the next batch (as torchtitan logs it: host
+    time in the data iterator), tokens/s (when the batches are token ids) and MFU (when the model declares its
     FLOPs and the device's peak is known; omitted otherwise, never guessed)."""
     if seconds <= 0 or work.steps == 0:
         return {}
-    out: Record = {"step_time_s": seconds / work.steps, "samples_per_s": work.samples / seconds}
+    out: Record = {"step_time_s": seconds / work.steps, "samples_per_s": work.samples / seconds,
+                   "data_wait_share": min(1.0, work.data_wait_s / seconds)}  # fmt: skip
     if work.tokens:
         out["tokens_per_s"] = work.tokens / seconds
     if work.flops and peak_flops:

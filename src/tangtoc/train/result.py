@@ -51,6 +51,7 @@ class FitResult:
     samples_per_s: float | None
     tokens_per_s: float | None
     mfu: float | None  # fraction of the device's published peak for this precision
+    data_wait_share: float | None  # fraction of the steady training time spent waiting for batches (this rank's)
     peak_memory_bytes: int | None  # CUDA only: torch.cuda.max_memory_allocated
     strategy: str  # "single", "ddp" or "fsdp"
     world_size: int  # processes that trained together (1 for a single process)
@@ -86,6 +87,7 @@ def build_result(run: Run, *, plot: bool) -> FitResult:
         samples_per_s=summary.get("samples_per_s"),
         tokens_per_s=summary.get("tokens_per_s"),
         mfu=summary.get("mfu"),
+        data_wait_share=summary.get("data_wait_share"),
         peak_memory_bytes=torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None,
         strategy=run.strategy or "single",
         world_size=run.world_size,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tangtoc.clock import Stopwatch
+from tangtoc.clock import Stopwatch, now
 from tangtoc.device import describe
 from tangtoc.move import fetch, to_device
 from tangtoc.step import LossFn, LossRule, OptimizerFactory, default_optimizer, resolve_precision, work_counter
@@ -248,7 +248,9 @@ class Run:
 
         for step in range(self.step + 1, self.total_steps + 1):
             for i in range(accum):
+                started = now()
                 batch = next(batches)
+                interval.data_wait_s += now() - started  # the data wait: host time in the iterator (tangtoc.clock)
                 if count is None:
                     count = work_counter(model, batch)
                 samples, tokens, flops = count(batch)
