@@ -334,3 +334,20 @@ def test_mfu_is_taken_against_the_peak_of_the_arithmetic_fit_runs(name: str, dev
     from tangtoc.step import _DTYPES, Precision
 
     assert Precision(name=name, dtype=_DTYPES[name], device_type=device_type).peak_key() == key
+
+
+def test_an_optimizer_of_another_model_is_refused_and_a_partial_one_warned(tmp_path: Path) -> None:
+    # issue 13 items 7 and 14: these ran to the end and trained nothing, or failed with torch's bare message
+    model, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    batches = [(torch.randn(4, 3), torch.randint(0, 2, (4,)))]
+    with pytest.raises(ValueError, match=r"the optimizer holds none of the 2 trainable parameters of this Linear"):
+        fit(model, batches, optimizer=torch.optim.SGD(other.parameters(), lr=0.1), loss_fn=F.cross_entropy, steps=1,
+            progress=False)  # fmt: skip
+    with pytest.warns(
+        UserWarning, match=r"holds 1 of the model's 2 trainable parameters; these will not be updated: bias"
+    ):
+        fit(model, batches, optimizer=torch.optim.SGD([model.weight], lr=0.1), loss_fn=F.cross_entropy, steps=1,
+            progress=False)  # fmt: skip
+    frozen = nn.Linear(3, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match=r"Linear has no trainable parameters .* nothing to train"):
+        fit(frozen, batches, loss_fn=F.cross_entropy, steps=1, progress=False)

@@ -17,6 +17,7 @@ sharded DCP checkpoints are the way.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -105,9 +106,34 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer over ``model``'s parameters as they are *after* wrapping. A factory (``params ->
     Optimizer``) is called on them; an optimizer instance is used as it is, except under FSDP, where
-    ``fully_shard`` has replaced the parameters it was built on."""
+    ``fully_shard`` has replaced the parameters it was built on. A model with nothing to train, and an optimizer
+    holding none of its trainable parameters, are refused: either would run to the end and change nothing."""
+    trainable = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+    if not trainable:
+        raise ValueError(
+            f"fit: {type(model).__name__} has no trainable parameters (none, or all with requires_grad=False), so "
+            "there is nothing to train. Fix: unfreeze what should learn (p.requires_grad_(True)), or pass the "
+            "model that holds them."
+        )
     if optimizer is None:
         return default()
+    if isinstance(optimizer, torch.optim.Optimizer) and strategy != "fsdp":
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [name for key, name in trainable.items() if key not in held]
+        if len(missing) == len(trainable):
+            raise ValueError(
+                f"fit: the optimizer holds none of the {len(trainable)} trainable parameters of this "
+                f"{type(model).__name__} (it was built on another model, or before the model was made again), so "
+                "training would change nothing. Fix: build it on this model, e.g. "
+                "torch.optim.AdamW(model.parameters()), or pass optimizer=lambda params: torch.optim.AdamW(params)."
+            )
+        if missing:
+            warnings.warn(
+                f"fit: the optimizer holds {len(trainable) - len(missing)} of the model's {len(trainable)} trainable "
+                f"parameters; these will not be updated: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}. "
+                "Freeze them (requires_grad_(False)) if that is meant.",
+                stacklevel=4,
+            )
     if isinstance(optimizer, torch.optim.Optimizer):
         if strategy == "fsdp":
             current = {id(p) for p in model.parameters()}
