@@ -252,6 +252,8 @@ class Harness:
 
 
 def _replace(path: Path, data: bytes) -> None:
+    # Not tangtoc.files.write_atomic on purpose: the harness imports nothing of tangtoc (whose import pulls in
+    # torch), so a broken tangtoc still leaves a summary saying which step broke. OUT is the harness's own folder.
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
