@@ -250,21 +250,33 @@ def test_this_pytorchs_own_cuda_wordings_are_recognised(name: str) -> None:
     assert "Most likely cause: " in explain(caught.value)
 
 
-@pytest.mark.parametrize(("name", "expect", "message"), RECORDED, ids=[r[0] for r in RECORDED])
+# Only the wordings that say where the culprit is: for the others the check below has nothing to compare.
+SIDED = [r for r in RECORDED if r[1]["culprit"] != "-"]
+
+
+@pytest.mark.parametrize(("name", "expect", "message"), SIDED, ids=[r[0] for r in SIDED])
 def test_the_fix_never_moves_a_tensor_to_the_device_it_is_already_on(
     name: str, expect: dict[str, str], message: str
 ) -> None:
     info = parse_device_error(message)
-    assert info is not None
+    assert info is not None and info.culprit_device == expect["culprit"]
     fix = next(line for line in explain(message).splitlines() if line.startswith("Fix: "))
     on = info.culprit_device
-    if on is None:
-        return
     # The sentences that address the culprit itself ("create it on ...", "move them with the batch: `ids.to(...)`")
     # must not send it to its own device; moving the *other* tensors there is right (`model.to('cuda:0')`).
     assert not re.search(rf"\b(?:create|move|bring) (?:it|them)\b[^;]*'{re.escape(on)}'", fix), fix
     if info.argument:
         assert f"{info.argument}.to('{on}')" not in fix, fix
+
+
+def test_every_fixed_cause_belongs_to_a_recorded_wording_and_reaches_the_user() -> None:
+    from tangtoc.diagnose.fixed_causes import FIXED
+
+    messages = {expect["wording"]: message for _, expect, message in RECORDED}
+    assert set(FIXED) <= set(messages)
+    for wording, (cause, fix) in FIXED.items():
+        text = explain(messages[wording])
+        assert f"Most likely cause: {cause}.\nFix: {fix}" in text, wording
 
 
 def test_an_operand_on_the_accelerator_among_cpu_tensors_is_not_told_to_go_there() -> None:

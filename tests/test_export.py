@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file, safe_open
 
 from tangtoc.cli import main
+from tangtoc.errors import CheckpointError
 from tangtoc.export import export_safetensors
 from tangtoc.models import GPT, gpt_config
 from tangtoc.train import fit
-from tangtoc.train.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

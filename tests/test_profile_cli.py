@@ -170,7 +170,7 @@ def test_a_report_that_cannot_be_written_is_still_shown_and_the_run_fails(
     def full(path: object, data: object) -> None:
         raise OutputError(f"cannot write {path}: no space left on device")
 
-    monkeypatch.setattr("tangtoc.cli.audit.write_atomic", full)
+    monkeypatch.setattr("tangtoc.cli.render.write_atomic", full)
     out = tmp_path / "r.json"
     assert main(["profile", str(script(tmp_path, LOOP.format(steps=3))), "--warmup", "1", "--json", str(out)]) == 1
     captured = capsys.readouterr()

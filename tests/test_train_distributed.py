@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 import distributed_worker as worker
+from subprocesses import run_in_session
 from tangtoc.cli import build_parser, main
 from tangtoc.data import ResidentLoader
 from tangtoc.train import (
@@ -70,16 +71,9 @@ def _env() -> dict[str, str]:
 
 
 def _launch(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` in a session of its own, so that a hang ends with the launcher *and* its ranks killed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            start_new_session=True, cwd=cwd)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd)} hung for {LAUNCH_TIMEOUT_S} s:\n{out}\n{err}") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """Run ``cmd`` in a session of its own (a hang kills the launcher *and* its ranks); a fork refused under load
+    is launched again."""
+    return run_in_session(cmd, env=_env(), timeout_s=LAUNCH_TIMEOUT_S, cwd=cwd)
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
@@ -185,7 +179,7 @@ def test_cli_nproc_reports_the_rank_that_failed(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "tangtoc", "train", "gpt", "--size", "tiny", "--data", "/nonexistent/corpus",
            "--device", "cpu", "--nproc", "2"]  # fmt: skip
     proc = _launch(cmd, cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a rank refused its command line: a usage error, as it is on one process
     err = " ".join(proc.stderr.split())
     assert "tangtoc train: error (rank 1 of 2): no such file or folder: '/nonexistent/corpus'" in err
     assert re.search(r"tangtoc train: error: rank [01] exited with 2, so torchrun stopped the other ranks", err)

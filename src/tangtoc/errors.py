@@ -7,6 +7,17 @@ built-in exception a user would already catch (``ValueError``, ``RuntimeError``)
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from tangtoc.diagnose.nosync import Sync
+
+# torch >= 2.5 has torch.OutOfMemoryError; torch.cuda.OutOfMemoryError is the same class under its old name.
+TorchOutOfMemoryError: type[RuntimeError] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
 
 class TangtocError(Exception):
     """Base class of every error tangtoc raises on purpose."""
@@ -91,3 +102,74 @@ class FactoryError(UsageError):
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.details = details
+
+
+class ScriptError(TangtocError, ValueError):
+    """A script given to ``tangtoc audit`` or ``profile`` cannot be run: Python itself would refuse it (its
+    encoding, its syntax). Nothing was run."""
+
+
+class NonFiniteLossError(TangtocError, FloatingPointError):
+    """The training loss became NaN or infinite. ``step`` is the first step (1-based) whose loss was not finite;
+    ``checkpoint`` the newest checkpoint written before it (``None`` when there is none)."""
+
+    def __init__(self, message: str, *, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class CheckpointError(TangtocError, RuntimeError):
+    """A checkpoint cannot be used: truncated or corrupt, holding objects that could run code, or made for
+    another model."""
+
+
+class TrainingOutOfMemoryError(TangtocError, TorchOutOfMemoryError):
+    """The device ran out of memory during a training step; the message says what to change.
+    Subclasses ``torch.OutOfMemoryError``, so existing ``except torch.cuda.OutOfMemoryError`` clauses still work."""
+
+
+class DistributedError(TangtocError, RuntimeError):
+    """A distributed run cannot start or go on: the master cannot be reached, its port is taken, the ranks do not
+    see the same checkpoints, or this setup cannot be trained on several processes. The message says which and
+    what to change."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose bytes are damaged: not a readable zip or pickle, cut short, or its tensors no longer match
+    the checksums written with them. Not an attack: nothing in it was refused for being code. ``path`` is the file,
+    ``reason`` what is wrong with it in a few words."""
+
+    def __init__(self, message: str, *, path: Path, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class FolderInUseError(TangtocError, RuntimeError):
+    """Another run (another process, or another thread of this one) holds the folder this run would write
+    checkpoints or metrics into. ``pid`` and ``host`` name the holder when it could be read (``None`` otherwise)."""
+
+    def __init__(self, message: str, *, pid: int | None, host: str | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.host = host
+
+
+class SkippedCheckpointWarning(UserWarning):
+    """Resuming skipped a damaged checkpoint and continued from an older one; the message names both."""
+
+
+class SyncError(TangtocError, RuntimeError):
+    """A region guarded by :func:`~tangtoc.diagnose.nosync.no_sync` made the host wait for the device (on the CPU:
+    would, on a GPU). ``sync`` (a :class:`~tangtoc.diagnose.nosync.Sync`) says what synced and where; the message
+    names the call at the user's line, why it waits and the fix."""
+
+    def __init__(self, sync: Sync) -> None:
+        super().__init__(sync.message)
+        self.sync = sync
+
+
+class SyncWarning(UserWarning):
+    """What :func:`~tangtoc.diagnose.nosync.no_sync` warns with under ``on_sync="warn"``, once per operation and
+    line in a region."""

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from tangtoc.errors import CheckpointError
 from tangtoc.files import write_atomic
 from tangtoc.train.checkpoint import find_checkpoint, load_checkpoint
-from tangtoc.train.errors import CheckpointError
 
 
 def _safetensors() -> Any:

@@ -11,6 +11,7 @@ import torch
 
 from tangtoc.bench.cases import BenchConfig, Case, Row, checked
 from tangtoc.device import DeviceInfo, describe, float32_math, synchronize
+from tangtoc.errors import WrongResultError
 
 # Square sizes of the matmul suite. The CPU stops earlier in the quick run; in the full run every
 # size is tried while its estimated time stays inside PER_CASE_BUDGET.
@@ -198,7 +199,7 @@ def _copy_case(
         fn()
         synchronize(device)
         if not torch.equal(dst.cpu(), src.cpu()):
-            raise AssertionError("wrong result: the copy does not match its source; the time is not reported.")
+            raise WrongResultError("wrong result: the copy does not match its source; the time is not reported.")
         row.check = "bytes identical after the copy"
         row.measurement = cfg.time(fn, device, row.case)
         row.metrics = {"gbps": nbytes / row.measurement.median / 1e9}
@@ -212,7 +213,7 @@ def _create_case(cfg: BenchConfig, device: torch.device, n: int) -> Callable[[],
         row = Row(suite="transfer", case="create on CPU then move", device=str(device), dtype="float32", size=n * 4)
         made = torch.randn(n, device=device)
         if made.device != device or made.shape != (n,) or not torch.isfinite(made).all():
-            raise AssertionError(f"wrong result: torch.randn(n, device={device}) gave {made.device} {made.shape}")
+            raise WrongResultError(f"wrong result: torch.randn(n, device={device}) gave {made.device} {made.shape}")
         moved = cfg.time(lambda: torch.randn(n).to(device), device, "create on CPU then move")
         direct = cfg.time(lambda: torch.randn(n, device=device), device, "create on device")
         row.measurement = moved

@@ -15,12 +15,13 @@ from typing import IO
 
 from rich.table import Table
 
-from tangtoc.cli.args import UsageError, check_writable
-from tangtoc.cli.audit import ascii_fallback, count_option, save, say, script_options
-from tangtoc.cli.render import console, fmt_bytes, fmt_seconds, to_json
+from tangtoc.cli.args import UsageError, check_writable, count_option, script_options
+from tangtoc.cli.render import ascii_fallback, console, fmt_bytes, fmt_seconds, save, say, to_json
 from tangtoc.diagnose.profile import Profile
 from tangtoc.diagnose.profile_report import PHASE_NAMES, PHASES, ProfileReport
-from tangtoc.diagnose.runner import ScriptError, ScriptRun, load_script, run_script
+from tangtoc.diagnose.runner import ScriptRun, load_script, run_script
+from tangtoc.errors import ScriptError
+from tangtoc.schemas import stamp
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_STEPS, DEFAULT_WARMUP = 10, 2
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     run = run_script(path, script_args, prof)
     report = prof.report()
     _render(report, str(path), steps, warmup, run)
-    written = save(json_file, to_json({**report.to_dict(), "run": run.to_dict()}) + "\n", "JSON report", "profile")
+    document = stamp("tangtoc.profile", {**report.to_dict(), "run": run.to_dict()})
+    written = save(json_file, to_json(document) + "\n", "JSON report", "profile")
     if plot_file and report.steps:
         written &= save(plot_file, lambda f: plot(report, f, str(path)), "plot", "profile")
     covered = f"the {len(report.steps)} step(s)" if report.steps else "nothing (it ended before its first step)"

@@ -1,27 +1,34 @@
-"""Formatting shared by the subcommands: units in every number, JSON that never fails on a torch type."""
+"""Output shared by the subcommands: consoles (built by :mod:`tangtoc.console`), units in every number, JSON that
+never fails on a torch type, result files written after the report, and ASCII where the terminal lacks Unicode."""
 
 from __future__ import annotations
 
+import codecs
 import json
-import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import torch
-from rich.console import Console
 
 from tangtoc.bench.measure import NOISY_SPREAD
+from tangtoc.console import console, say
+from tangtoc.errors import OutputError
+from tangtoc.files import write_atomic
 from tangtoc.units import fmt_bytes, fmt_duration, fmt_flops, fmt_seconds
 
-__all__ = ["console", "fmt_bytes", "fmt_duration", "fmt_flops", "fmt_seconds", "to_json"]
-
-
-def console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # Piped into a log or CI, rich falls back to 80 columns and wraps wide tables into unreadable towers.
-    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
-    # Errors go to stderr unwrapped: a path or a command cut in two cannot be copied back into a terminal.
-    return Console(stderr=stderr, highlight=False, width=width, soft_wrap=stderr)
+__all__ = [
+    "ascii_fallback",
+    "console",
+    "fmt_bytes",
+    "fmt_duration",
+    "fmt_flops",
+    "fmt_seconds",
+    "noisy_note",
+    "save",
+    "say",
+    "to_json",
+]
 
 
 def _default(obj: Any) -> Any:
@@ -42,3 +49,36 @@ def noisy_note(count: int) -> str:
         f"{count} measurement(s) marked (noisy): their IQR exceeds {NOISY_SPREAD:.0%} of the median; another process "
         "may be using this machine. Rerun to confirm."
     )
+
+
+def save(path: str | None, data: str | Callable[[IO[bytes]], None], what: str, command: str) -> bool:
+    """Write a report's file after the run; on failure say why, with the report already shown (False)."""
+    if path is None:
+        return True
+    try:
+        write_atomic(path, data)
+    except OutputError as e:
+        say(console(stderr=True), f"tangtoc {command}: the {what} was not written (it is shown above): {e}")
+        return False
+    say(console(), f"{what} written to {path}")
+    return True
+
+
+# What the reports write outside ASCII, in ASCII, for a terminal or pipe that cannot take it.
+_ASCII = {"—": "--", "–": "-", "µ": "u", "×": "x", "→": "->", "≤": "<=", "≥": ">=", "…": "...", "·": "."}
+
+
+def _to_ascii(e: UnicodeError) -> tuple[str, int]:
+    assert isinstance(e, UnicodeEncodeError)
+    return "".join(_ASCII.get(c, "?") for c in e.object[e.start : e.end]), e.end
+
+
+codecs.register_error("tangtoc.ascii", _to_ascii)
+
+
+def ascii_fallback() -> None:
+    """Let stdout and stderr write what their encoding lacks (``PYTHONIOENCODING=ascii``, a C locale) as ASCII
+    instead of raising UnicodeEncodeError after the work is done: "—" becomes "--", "µs" "us"."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", "strict") == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="tangtoc.ascii")

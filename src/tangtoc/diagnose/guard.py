@@ -18,6 +18,9 @@ Three parts, installed only while the guard is active and removed on every exit 
 * **dtypes** — when PyTorch refuses two dtypes in one call ("mat1 and mat2 must have the same dtype"), the
   float64 tensor NumPy handed out is named with where it came from (:mod:`tangtoc.diagnose.guard_dtype`).
 
+This module decides *when* something is wrong; :mod:`tangtoc.diagnose.guard_naming` names the tensors and
+:mod:`tangtoc.diagnose.guard_messages` words the errors.
+
 The operation layer is a TorchFunctionMode rather than a TorchDispatchMode: it sees the call the user
 wrote (``F.embedding(ids, weight)``, whose argument names are user terms) instead of the aten ops it
 decomposes into, and it is the cheaper of the two (benchmarks/guard_overhead.py times both, empty, next to
@@ -54,18 +57,17 @@ from tangtoc.diagnose.calls import (
 )
 from tangtoc.diagnose.frames import user_location
 from tangtoc.diagnose.guard_dtype import dtype_mismatch
+from tangtoc.diagnose.guard_messages import call_error, input_error, optimizer_error, spread_error
 from tangtoc.diagnose.guard_naming import Birth, Frame, Namer
 from tangtoc.diagnose.mismatch import (
     PASS_THE_OPTIMIZER,
-    describe_tensor,
     expect_type,
     is_cpu_scalar,
     optimizer_state_findings,
     preferred_device,
 )
-from tangtoc.diagnose.roles import Role, likely_cause, role_of
 from tangtoc.diagnose.wordings import parse_device_error
-from tangtoc.errors import DeviceMismatchError, DtypeMismatchError, GuardError
+from tangtoc.errors import DtypeMismatchError, GuardError
 
 Tensor = torch.Tensor
 
@@ -260,14 +262,8 @@ class DeviceGuard(contextlib.ContextDecorator):
             stack.pop()
 
     def _optimizer_hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        for f in optimizer_state_findings(optimizer, self._namer.names()):
-            raise DeviceMismatchError(
-                f"optimizer.step() would mix devices: {f.message}\nMost likely cause: {f.cause}.\nFix: {f.fix}",
-                module=None,
-                culprits=f.paths,
-                found=f.found,
-                expected=f.expected,
-            )
+        for finding in optimizer_state_findings(optimizer, self._namer.names()):
+            raise optimizer_error(finding)
 
     # -------------------------------------------------------------------------------------- operation layer
 
@@ -322,31 +318,7 @@ class DeviceGuard(contextlib.ContextDecorator):
         expected = self._home_of(stack[-1].module) if stack else None
         if expected not in devices:
             expected = preferred_device(devices)
-        fname = func_name(func)
-        lines, causes, odd = [], [], []
-        for path, t in named:
-            if t.device == expected:
-                name = self._namer.name_of(t)
-                lines.append(f"  `{path}`: {describe_tensor(t)}" + (f" (`{name}`)" if name else ""))
-                continue
-            role = role_of(fname, path.split("[")[0])
-            who, cause = self._namer.identify(t, role, str(expected))
-            lines.append(f"  `{path}`: {describe_tensor(t)}" + (f" — {role.term}" if role else "") + f"; {who}")
-            causes.append(cause)
-            odd.append(path)
-        inside = f" inside the forward of `{stack[-1].path}` ({type(stack[-1].module).__name__})" if stack else ""
-        where = user_location()
-        found = next(str(t.device) for p, t in named if p == odd[0])
-        raise DeviceMismatchError(
-            f"{fname} got tensors on {found} and {expected}{inside}; expected all on {expected}.\n"
-            + "\n".join(lines)
-            + (f"\n  at {where}: {where.code}" if where else "")
-            + f"\nMost likely cause: {causes[0][0]}.\nFix: {causes[0][1]}",
-            module=stack[-1].path if stack else None,
-            culprits=tuple(odd),
-            found=found,
-            expected=str(expected),
-        )
+        raise call_error(func_name(func), named, expected, stack, self._namer)
 
     def name_failure(self, func: Any, args: tuple, kwargs: dict, error: RuntimeError) -> None:
         """Raise a :class:`GuardError` from ``error`` when it is one the guard can name; else return (the handler
@@ -362,9 +334,9 @@ class DeviceGuard(contextlib.ContextDecorator):
         if parse_device_error(error) is not None:
             for frame in stack:
                 if frame.spread:
-                    raise self._spread_error(frame) from error
+                    raise spread_error(frame) from error
                 if frame.suspects:
-                    raise self._input_error(frame) from error
+                    raise input_error(frame, self._namer, self._code[frame.module]) from error
             return
         named = [(p, t) for arg, value in named_args(func, args, kwargs) for p, t in call_tensors(value, arg)]
         dtypes = Counter(p.dtype for root in self._roots for p in root.parameters() if p.is_floating_point())
@@ -391,79 +363,15 @@ class DeviceGuard(contextlib.ContextDecorator):
         ids = {id(t) for _, t in named}
         for frame in stack:
             if any(id(t) in ids for _, t in frame.spread):
-                raise self._spread_error(frame)
+                raise spread_error(frame)
             if any(id(t) in ids for _, t in frame.suspects):
-                raise self._input_error(frame)
-
-    # -------------------------------------------------------------------------------------------- naming
+                raise input_error(frame, self._namer, self._code[frame.module])
 
     def _home_of(self, module: nn.Module) -> torch.device | None:
         own = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
         if own:
             return own[0].device
         return preferred_device(Counter(t.device for root in self._roots for t in root.parameters()))
-
-    def _left_behind(self, module: nn.Module, path: str, home: torch.device, found: str) -> tuple[str, str]:
-        """Cause and fix when ``module``'s own tensors stayed on the CPU while its input is on the accelerator."""
-        code = self._code[module]
-        return (
-            f"`{path}` ({type(module).__name__}) is still on {home}: it was not moved with the rest, or was created "
-            "or replaced after `.to()`",
-            f"move it: `{code}.to({found!r})`, or call `.to()` on the whole model once it is complete"
-            + (" (and create the optimizer after that)." if next(module.parameters(), None) is not None else "."),
-        )
-
-    def _spread_error(self, frame: Frame) -> DeviceMismatchError:
-        own, path, home = frame.own, frame.path, frame.home
-        devices = Counter(t.device for _, t in own)
-        odd = frame.spread
-        lines = [f"  `{path}.{n}`: {describe_tensor(t)}" for n, t in own]
-        cause, fix = likely_cause(Role("a parameter or buffer", "weights"), str(odd[0][1].device), str(home))
-        return DeviceMismatchError(
-            f"`{path}` ({type(frame.module).__name__}) has its own parameters and buffers on {len(devices)} "
-            "devices.\n" + "\n".join(lines) + f"\nMost likely cause: {cause}.\nFix: {fix}",
-            module=path,
-            culprits=tuple(f"{path}.{n}" for n, _ in odd),
-            found=str(odd[0][1].device),
-            expected=str(home),
-        )
-
-    def _input_error(self, frame: Frame) -> DeviceMismatchError:
-        module, path, home, own, odd = frame.module, frame.path, frame.home, frame.own, frame.suspects
-        assert home is not None and odd  # set together by _suspect
-        kind = "parameters" if next(module.parameters(), None) is not None else "buffers"
-        lines = []
-        cause: tuple[str, str] | None = None
-        found = str(odd[0][1].device)
-        if home.type == "cpu" and odd[0][1].device.type != "cpu":
-            cause = self._left_behind(module, path, home, found)
-        for name, t in odd:
-            role = role_of(type(module).__name__.lower(), name.split("[")[0].split(".")[0])
-            known = self._namer.provenance(t) or self._namer.derived_from_input(t)
-            if known:
-                lines.append(f"  input `{name}`: {describe_tensor(t)}; {known[0]}")
-                cause = cause or known[1]
-            else:
-                term = f" — {role.term}" if role else ""
-                lines.append(f"  input `{name}`: {describe_tensor(t)}{term}")
-                cause = cause or likely_cause(role or Role("an input", "input"), str(t.device), str(home))
-        if own:
-            lines += [f"  `{path}.{n}`: {describe_tensor(t)}" for n, t in own[:2]]
-        else:
-            lines.append(f"  `{path}`'s {kind}: on {home}")
-        where = frame.where
-        assert cause is not None  # odd is not empty
-        names = ", ".join(f"`{n}`" for n, _ in odd)
-        return DeviceMismatchError(
-            f"`{path}` ({type(module).__name__}) got {names} on {found}, but its {kind} are on {home}.\n"
-            + "\n".join(lines)
-            + (f"\n  called at {where}: {where.code}" if where else "")
-            + f"\nMost likely cause: {cause[0]}.\nFix: {cause[1]}",
-            module=path,
-            culprits=tuple(n for n, _ in odd),
-            found=found,
-            expected=str(home),
-        )
 
 
 def _is_basic_index(index: Any) -> bool:

@@ -32,13 +32,10 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from tangtoc.errors import TangtocError, UsageError
+from tangtoc.console import to_stderr
+from tangtoc.errors import ScriptError, UsageError
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130  # 130 = 128 + SIGINT, as a shell reports a process Ctrl-C ended
-
-
-class ScriptError(TangtocError):
-    """The script cannot be run: Python itself would refuse it (its encoding, its syntax). Nothing was run."""
 
 
 class StopScript(BaseException):
@@ -131,7 +128,8 @@ def run_script(path: Path, script_args: list[str], within: AbstractContextManage
     except BaseException as e:  # the script's own error: shown as `python SCRIPT` would show it
         if not entered:  # the watcher could not start: tangtoc's error, not the script's
             raise
-        traceback.print_exception(type(e), e, _user_traceback(e.__traceback__, str(path.resolve())))
+        shown = traceback.format_exception(type(e), e, _user_traceback(e.__traceback__, str(path.resolve())))
+        to_stderr("".join(shown).rstrip("\n"))
         return ScriptRun(EXIT_FAILED, "".join(traceback.format_exception_only(type(e), e)).strip())
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
@@ -150,7 +148,7 @@ def _exit_code(code: object) -> int:
         return 0
     if isinstance(code, int):
         return code
-    print(code, file=sys.stderr)
+    to_stderr(str(code))
     return 1
 
 

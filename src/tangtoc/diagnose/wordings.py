@@ -3,8 +3,10 @@
 PyTorch has worded the same mistake a dozen ways over the years and backends (see
 ``tests/data/device_errors.txt`` for real messages and the public issue each was reported in). Each
 pattern below extracts what the message knows — the operation, the argument, the two devices — and
-nothing it does not: where a wording does not say which tensor is the odd one, ``note`` says so.
-:mod:`tangtoc.diagnose.explain` turns the result into a cause and a fix.
+nothing it does not: where a wording does not say which tensor is the odd one, ``note`` says so. Where the
+wording alone fixes the cause (``.numpy()`` on a CUDA tensor, a CPU generator), the cause and the fix come from
+:mod:`tangtoc.diagnose.fixed_causes`; otherwise :mod:`tangtoc.diagnose.explain` turns the result into a cause and a
+fix from the argument's role.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tangtoc.diagnose.fixed_causes import (
+    FIXED,
+    LOOKUP_TABLE_ON_CPU,
+    STEM_NOTE,
+    cpu_only_kernel_note,
+    generator_cause,
+    unsided_note,
+)
 from tangtoc.diagnose.frames import short_path
 from tangtoc.diagnose.roles import is_host, op_name
 
@@ -81,19 +91,11 @@ def _info(
     )
 
 
-def _unsided(culprit: str, expected: str) -> str:
-    return (
-        f"this wording names two devices but not which tensor is on which; tangtoc takes the {culprit} one as "
-        f"the one left behind. If you meant to run on {culprit}, it is the other way round: the tensor on "
-        f"{expected} is the stray one, and `.to('{culprit}')` on it (or not moving it) is the fix."
-    )
-
-
 def _odd_one_out(said: str, wording: str, d1: str, d2: str) -> DeviceErrorInfo:
     """A wording that names two devices but not which tensor is odd: the CPU one is, with a note saying so."""
     d1, d2 = d1.lower(), d2.lower()
     culprit, expected = (d1, d2) if is_host(d1) and not is_host(d2) else (d2, d1)
-    note = _unsided(culprit, expected) if is_host(culprit) != is_host(expected) else None
+    note = unsided_note(culprit, expected) if is_host(culprit) != is_host(expected) else None
     return _info(wording, said, None, None, culprit, expected=expected, note=note)
 
 
@@ -159,17 +161,8 @@ def _where(m: re.Match[str], said: str) -> DeviceErrorInfo:
 def _index(m: re.Match[str], said: str) -> DeviceErrorInfo:
     indexed = m["d"].lower()
     if is_host(indexed):
-        return _info(
-            "index",
-            said,
-            "index",
-            "self",
-            indexed,
-            cause="a lookup table (e.g. a noise schedule, a position table) stayed on the CPU, stored as a plain "
-            "tensor attribute that `.to()` does not move, while the indices are on the accelerator",
-            fix="register it as a buffer (`self.register_buffer('table', table, persistent=False)`) so `model.to()` "
-            "moves it, or index with `table.to(idx.device)[idx]`.",
-        )
+        cause, fix = LOOKUP_TABLE_ON_CPU
+        return _info("index", said, "index", "self", indexed, cause=cause, fix=fix)
     return _info("index", said, "index", "indices", None, expected=indexed)
 
 
@@ -227,39 +220,23 @@ def _cpu_only_kernel(m: re.Match[str], said: str) -> DeviceErrorInfo:
         "input",
         "cpu",
         expected=device,
-        note=f"PyTorch reports a missing {m['op']} kernel for {device}, but the kernel is CPU-only by design: it was "
-        f"chosen because the convolution's input is on the CPU while its weight is on {device}. It is a placement "
-        "error in disguise.",
+        note=cpu_only_kernel_note(m["op"], device),
     )
 
 
 def _generator(m: re.Match[str], said: str) -> DeviceErrorInfo:
     op_device, gen_device = m["exp"].lower(), m["got"].lower()
-    if is_host(gen_device):
-        cause = (
-            f"a random operation ran on {op_device} with a CPU `torch.Generator`. The usual path: the default "
-            f"device or tensor type was set to {op_device} (`torch.set_default_device`, "
-            "`torch.set_default_tensor_type('torch.cuda.FloatTensor')`), so the DataLoader's shuffling "
-            f"(`torch.randperm(n, generator=...)`) runs on {op_device} while its generator is a CPU one"
-        )
-        fix = (
-            "keep the default device on the CPU and move tensors explicitly (`model.to(device)`, "
-            "`batch = tt.to_device(batch, device)`); if you do need the random op on "
-            f"{op_device}, give it a generator there: `torch.Generator(device='{op_device}')`."
-        )
-    else:
-        cause = (
-            f"a `torch.Generator` created on {gen_device} was given to a random operation that runs on the CPU, "
-            "most often the DataLoader's shuffling (`DataLoader(..., generator=g)` samples indices on the CPU)"
-        )
-        fix = "give CPU work a CPU generator: `torch.Generator()` (seeded with `.manual_seed(...)`)."
+    cause, fix = generator_cause(op_device, gen_device)
     return _info("generator", said, None, "generator", gen_device, expected=op_device, cause=cause, fix=fix)
 
 
 _Builder = Callable[[re.Match[str], str], DeviceErrorInfo | None]
 
 
-def _fixed(wording: str, cause: str, fix: str, op: str | None = None, culprit: str | None = None) -> _Builder:
+def _fixed(wording: str, op: str | None = None, culprit: str | None = None) -> _Builder:
+    """A wording whose cause and fix are fixed (:data:`~tangtoc.diagnose.fixed_causes.FIXED`)."""
+    cause, fix = FIXED[wording]
+
     def build(m: re.Match[str], said: str) -> DeviceErrorInfo:
         return _info(wording, said, op, None, m.groupdict().get("d") or culprit, cause=cause, fix=fix)
 
@@ -407,108 +384,25 @@ PATTERNS: list[tuple[re.Pattern[str], _Builder]] = [
     (re.compile(r"Expected a '(?P<exp>\w+)' device type for generator but found '(?P<got>\w+)'"), _generator),
     (
         re.compile(r"Placeholder storage has not been allocated on MPS device!"),
-        _fixed(
-            "mps-placeholder",
-            "the operation runs on MPS but one of its tensors is on the CPU (this is MPS's wording for a device "
-            "mismatch before PyTorch 2.4): the batch or the model was not moved, or a tensor was created "
-            "without `device=`",
-            "move the model and every batch: `model.to('mps')`, `batch = tt.to_device(batch, 'mps')`, and create "
-            "new tensors with `device=x.device`. `with tt.device_guard(model): model(batch)` names the tensor.",
-            culprit="cpu",
-        ),
+        _fixed("mps-placeholder", culprit="cpu"),
     ),
-    (
-        re.compile(r"Cannot copy out of meta tensor; no data!"),
-        _fixed(
-            "meta-copy",
-            "the model was built on the `meta` device (`torch.device('meta')`, accelerate's `init_empty_weights`, "
-            "or a transformers model loaded with `device_map`/`low_cpu_mem_usage`), which records shapes but holds "
-            "no values, and then `.to()` was asked to copy those values",
-            "allocate instead of copying, then fill the weights: `model.to_empty(device=device)` followed by "
-            "`model.load_state_dict(state_dict)` (or each module's `reset_parameters()`); with transformers, "
-            "load onto the device directly (`from_pretrained(..., device_map=device)`) and do not call `.to()` "
-            "afterwards.",
-            culprit="meta",
-        ),
-    ),
+    (re.compile(r"Cannot copy out of meta tensor; no data!"), _fixed("meta-copy", culprit="meta")),
     (
         re.compile(r"Input, output and indices must be on the current device"),
-        _fixed(
-            "embedding-current-device",
-            "an Embedding's table and its token ids are on different devices (the wording of PyTorch <= 1.7's "
-            "CUDA embedding): the model was not moved while the ids were, or the other way round",
-            "move both, once: `model.to(device)` after building it, and the ids with the batch "
-            "(`batch = tt.to_device(batch, device)`).",
-            op="embedding",
-        ),
+        _fixed("embedding-current-device", op="embedding"),
     ),
     (
         re.compile(r"Tensors of the same index must be on the same device and the same dtype except `step` tensors"),
-        _fixed(
-            "optimizer-foreach",
-            "the optimizer's state lives on another device than its parameters: it was created or loaded before "
-            "`model.to(device)` (the state stayed where it was)",
-            "move the model first, then create the optimizer and call `optimizer.load_state_dict(...)`; it moves the "
-            "state to each parameter's device. tt.check_devices(model, optimizer=opt) names each stray tensor.",
-            op="optimizer",
-        ),
+        _fixed("optimizer-foreach", op="optimizer"),
     ),
-    (
-        re.compile(rf"can't convert (?:(?P<d>{_DEV}) device type|CUDA) tensor to numpy"),
-        _fixed(
-            "numpy",
-            "NumPy only reads host memory; the tensor is on the accelerator",
-            "bring it back first, detached: `tt.to_numpy(t)` (or `t.detach().cpu().numpy()`). It waits for the "
-            "device, so do it at log intervals, not every step.",
-        ),
-    ),
-    (
-        re.compile(r"'lengths' argument should be a 1D CPU int64 tensor"),
-        _fixed(
-            "pack-lengths",
-            "pack_padded_sequence is the exception to 'everything on the device': it wants its lengths on the CPU",
-            "pass `lengths.cpu()` (or keep the lengths as a CPU tensor or a list when moving the batch: "
-            "`tt.to_device(batch, device, skip_keys=('lengths',))`).",
-        ),
-    ),
-    (
-        re.compile(r"Attempting to deserialize object on (?:a )?[A-Z]+ device"),
-        _fixed(
-            "load-map-location",
-            "the checkpoint holds tensors saved on an accelerator that this machine does not have (no CUDA here, or "
-            "fewer GPUs than the index it was saved from)",
-            "load it onto the CPU, `torch.load(path, map_location='cpu')`, or onto a device that exists "
-            "(`map_location=device`), then move it with `tt.to_device`. `tangtoc doctor` says why CUDA is missing.",
-        ),
-    ),
-    (
-        re.compile(r"Torch not compiled with CUDA enabled"),
-        _fixed(
-            "no-cuda",
-            "this PyTorch build is CPU-only, so every '.cuda()' or device='cuda' fails",
-            "pick the device instead of hard-coding it (`device = tt.pick_device()`), or install a CUDA build; "
-            "`tangtoc doctor` says which.",
-        ),
-    ),
+    (re.compile(rf"can't convert (?:(?P<d>{_DEV}) device type|CUDA) tensor to numpy"), _fixed("numpy")),
+    (re.compile(r"'lengths' argument should be a 1D CPU int64 tensor"), _fixed("pack-lengths")),
+    (re.compile(r"Attempting to deserialize object on (?:a )?[A-Z]+ device"), _fixed("load-map-location")),
+    (re.compile(r"Torch not compiled with CUDA enabled"), _fixed("no-cuda")),
     # The stem alone, as the seed article quotes it: nothing but "two devices met" can be read from it.
-    (
-        re.compile(r"Expected all tensors to be on the same device"),
-        _fixed(
-            "stem",
-            "two tensors of one operation live on different devices: most often the batch was not moved to the "
-            "model's device, the model was moved after the optimizer was created, or a tensor was created inside "
-            "`forward` without `device=`",
-            "move the model once (`model.to(device)`, before creating the optimizer), move every batch "
-            "(`batch = tt.to_device(batch, device)`), and create new tensors with `device=x.device`. To have the "
-            "module and tensor named, run the step under `with tt.device_guard(model):`.",
-        ),
-    ),
+    (re.compile(r"Expected all tensors to be on the same device"), _fixed("stem")),
 ]
 
-_STEM_NOTE = (
-    "this is only the start of PyTorch's message: the full one names the two devices and often the argument and "
-    "operation. Pass the whole exception (`tt.explain(e)` in the `except` block) for a precise answer."
-)
 _COMPILED = re.compile(r"FakeTensor|Dynamo|torch\._dynamo|from user code:|Developer debug context|graph break")
 _USER_CODE = re.compile(r'from user code:\s*\n\s*File "(?P<file>[^"]+)", line (?P<line>\d+)')
 _COMPILE_TARGET = re.compile(r"(?:call_function|call_module|call_method) (?P<target><[^>]+>|[\w.]+)")
@@ -530,7 +424,7 @@ def parse_device_error(error: BaseException | str) -> DeviceErrorInfo | None:
         if info is None:
             continue
         if info.wording == "stem":
-            info = dataclasses.replace(info, note=_STEM_NOTE)
+            info = dataclasses.replace(info, note=STEM_NOTE)
         if not _COMPILED.search(text):
             return info
         # torch.compile traced the code with fake tensors: the operation and the user's line are elsewhere.

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from tangtoc.console import to_stderr
 from tangtoc.device import tf32_matmul_enabled
 from tangtoc.diagnose import AuditReport
-from tangtoc.integrations.watch import Echo, Watch, to_stderr
+from tangtoc.integrations.watch import Echo, Watch
 
 try:
     import lightning as L

@@ -10,7 +10,6 @@ counter — are nested contexts; :meth:`Watch.close` exits what is still open, i
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +24,6 @@ from tangtoc.integrations.throughput import Meter, Peak, resolve_peak
 from tangtoc.units import fmt_bytes
 
 Echo = Callable[[str], None]
-
-
-def to_stderr(text: str) -> None:
-    """The default ``echo``: the line on stderr, where trainers write their own progress."""
-    print(text, file=sys.stderr, flush=True)
 
 
 def _check(audit_steps: int, peak_flops: float | None) -> None:

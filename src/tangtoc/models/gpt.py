@@ -170,8 +170,8 @@ class GPT(nn.Module):
         (another model, or a checkpoint written before tangtoc stored configs).
         """
         # tangtoc.train stands above models/ (it trains them): imported here, when called, not when models load.
+        from tangtoc.errors import CheckpointError
         from tangtoc.train.checkpoint import describe_model, find_checkpoint, load_checkpoint
-        from tangtoc.train.errors import CheckpointError
 
         found = find_checkpoint(path)
         state = load_checkpoint(found)
