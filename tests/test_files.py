@@ -85,7 +85,7 @@ def test_a_write_failing_after_the_work_still_shows_the_results(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--threads", "100000"], r"--threads must be between 1 and \d+ \(the cores this process may use\)"),
+        (["--threads", "100000"], r"--threads: expected 1 to \d+ \(the cores this process may use\), got 100000"),
         (["--matmul-sizes", "inf"], "expected comma-separated positive integers like 256,1024, got 'inf'"),
         (["--op-sizes", "1e400"], "expected comma-separated positive integers like 256,1024, got '1e400'"),
     ],

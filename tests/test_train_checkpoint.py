@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from tangtoc.data import ResidentLoader, synthetic_classification
+from tangtoc.errors import CorruptCheckpointError
 from tangtoc.models import MLP, MLPConfig
 from tangtoc.train import CheckpointError, fit, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from tangtoc.train.checkpoint import rng_state, set_rng_state
@@ -30,7 +31,8 @@ def test_save_is_atomic_and_keeps_the_last_k(tmp_path: Path) -> None:
     for step in (10, 20, 30, 40):
         save_checkpoint(_state(step), tmp_path, keep_last=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000030.pt", "step-00000040.pt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000030.pt", "step-00000040.pt"]  # no .tmp left
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".tangtoc.lock", "step-00000030.pt", "step-00000040.pt"]  # no .tmp left; the lock file stays
     loaded = load_checkpoint(latest_checkpoint(tmp_path))  # type: ignore[arg-type]
     assert loaded["step"] == 40 and torch.equal(loaded["model"]["w"], torch.full((3,), 40.0))
 
@@ -46,9 +48,7 @@ def test_truncated_checkpoint_is_rejected_clearly(tmp_path: Path) -> None:
     path = save_checkpoint(_state(5), tmp_path, keep_last=1)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(
-        CheckpointError, match=r"cannot read checkpoint .*step-00000005\.pt: the file is truncated or corrupt"
-    ):
+    with pytest.raises(CorruptCheckpointError, match=r"step-00000005\.pt is corrupt or truncated: .* cut short"):
         load_checkpoint(path)
 
 
@@ -67,8 +67,11 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "step-00000001.pt"
     state = _state(1) | {"format": "tangtoc.checkpoint", "version": 1, "extra": _RunsCode(sentinel)}
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"refused to load .*could run code .*weights_only=True"):
+    # It carries tangtoc's format marker: tangtoc never wrote those objects, so turning the safety off is no fix.
+    with pytest.raises(CheckpointError, match=r"refused to load .*could run code \(.*GLOBAL \w+\.mkdir.*\)\. tangtoc "
+                       r"never writes such objects.*do not load it with weights_only=False") as refused:  # fmt: skip
         load_checkpoint(path)
+    assert not isinstance(refused.value, CorruptCheckpointError)
     assert not sentinel.exists()
 
 

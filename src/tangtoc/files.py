@@ -40,7 +40,9 @@ def check_target(path: Path) -> None:
     )
 
 
-def _describe(e: OSError, path: Path, nbytes: int | None) -> str:
+def describe_write_error(e: OSError, path: Path, nbytes: int | None) -> str:
+    """Why writing ``nbytes`` to ``path`` failed, in words (the one wording of a refused write, for the CLI's
+    reports of a run that failed after its work)."""
     if e.errno == errno.ENOSPC:
         need = f", {nbytes / 2**20:.1f} MiB needed" if nbytes is not None else ""
         return f"no space left on the device holding {path.parent}{need}"
@@ -97,7 +99,7 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[IO[bytes]], Non
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
-        raise OutputError(f"could not write {path}: {_describe(e, path, nbytes)}.") from e
+        raise OutputError(f"could not write {path}: {describe_write_error(e, path, nbytes)}.") from e
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):

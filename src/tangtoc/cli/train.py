@@ -6,33 +6,49 @@ nothing.
 
 With ``--nproc N`` it starts itself on N processes through ``torch.distributed.run`` (torchrun's own entry point)
 and each of them runs this same command without the launch flags, exactly as ``torchrun --nproc-per-node N -m
-tangtoc train ...`` would; under torchrun only rank 0 prints the summary.
+tangtoc train ...`` would; under torchrun only rank 0 prints the summary. The ranks die with the launcher, even
+when it is killed outright (Linux: :func:`~tangtoc.train.distributed.die_with_launcher`).
+
+Exit status: 0 done, or preempted (SIGTERM, SIGUSR1) with a checkpoint written; 1 the run failed (a checkpoint
+that could not be written after training included: what was trained is printed first); 2 a usage error (a flag
+that cannot work, a checkpoint that does not fit the command line), found before any training.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import shlex
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from tangtoc.cli.render import console, fmt_bytes, to_json
-from tangtoc.cli.sample import TEMPERATURE, TOP_K, sample_text
-from tangtoc.device import describe, resolve
-from tangtoc.errors import TangtocError
-from tangtoc.models import GPT, GPT_SIZES, MLP, MLP_SIZES
+from tangtoc.cli.args import finite, threads
+from tangtoc.cli.render import console, to_json
+from tangtoc.cli.sample import sample_text
+from tangtoc.cli.train_report import (
+    SAMPLE_PROMPT,
+    Progress,
+    nonfinite_message,
+    reached,
+    render,
+    summary,
+    unwritten,
+    unwritten_message,
+)
+from tangtoc.cli.train_resume import check_init_from, check_resume, for_cli, refuse_foreign_checkpoints
+from tangtoc.device import resolve
+from tangtoc.errors import NonFiniteLossError, TangtocError, UsageError
+from tangtoc.models import GPT, GPT_SIZES, MLP_SIZES
+from tangtoc.schemas import stamp
 from tangtoc.step import DEFAULT_LR, PRECISIONS, default_optimizer
 from tangtoc.train import CheckpointError, FitResult, fit, latest_checkpoint, torchrun_env
-from tangtoc.train.checkpoint import prepare_checkpoint_dir
-from tangtoc.train.distributed import STRATEGIES, device_for_rank
+from tangtoc.train.checkpoint import find_checkpoint, prepare_checkpoint_dir
+from tangtoc.train.distributed import STRATEGIES, device_for_rank, die_with_launcher
 from tangtoc.train.launch import DEFAULT_JOIN_TIMEOUT_S, LaunchConfig, check_nproc, launch
+from tangtoc.train.schedule import DEFAULT_MIN_LR_RATIO, warmup_cosine
 from tangtoc.workloads import TRAIN_BATCH, training
 
-SAMPLE_PROMPT = "def "
 RUNS_DIR = Path("runs")  # where a run goes without --checkpoint-dir, relative to the working folder
 
 
@@ -76,8 +92,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"default {TRAIN_BATCH['gpt']} (gpt), {TRAIN_BATCH['mlp']} (mlp)",
     )
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW learning rate (default {DEFAULT_LR:g})")
+    p.add_argument(
+        "--lr",
+        type=finite,
+        default=DEFAULT_LR,
+        help=f"AdamW's learning rate, the peak with --warmup (default {DEFAULT_LR:g})",
+    )
+    p.add_argument(
+        "--warmup",
+        type=_non_negative,
+        default=None,
+        metavar="STEPS",
+        help=f"raise the learning rate linearly to --lr over STEPS optimizer steps, then lower it along a cosine to "
+        f"{DEFAULT_MIN_LR_RATIO:g} x --lr at the last step; 0: the cosine only (default: no schedule, --lr throughout)",
+    )
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument(
+        "--peak-tflops",
+        type=finite,
+        default=None,
+        help="the device's peak TFLOP/s that MFU divides by (default: $TANGTOC_PEAK_TFLOPS, else tangtoc's hardware "
+        "table for the device and precision)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (needs a C compiler)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
     p.add_argument("--log-every", type=_positive, default=50)
@@ -90,9 +126,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-save", action="store_true", help="keep nothing: no checkpoint, no metrics file, no plot")
     p.add_argument("--checkpoint-every", type=_positive, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        default=None,
+        help="start from the weights (only) of a checkpoint, or a run folder's newest, at step 0 with a fresh "
+        "optimizer: new data, processes, learning rate allowed; with --resume, only while --checkpoint-dir holds no "
+        "checkpoint",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--threads", type=_positive, default=None, help="CPU threads for torch (default: torch's choice, one per core)"
+        "--threads", type=threads, default=None, help="CPU threads for torch (default: torch's choice, one per core)"
     )
     p.add_argument("--sample-tokens", type=_non_negative, default=200, help="gpt: bytes to generate after training")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -163,11 +207,37 @@ def _launch(args: argparse.Namespace) -> int:
         if claimed is None:
             return 2
         args.checkpoint_dir = str(claimed)  # the ranks all write into the one folder named here
+    before = latest_checkpoint(args.checkpoint_dir) if args.checkpoint_dir is not None else None
     try:
-        launch(config, ["tangtoc", *worker_argv(args, args.parser)])  # a DistributedError reaches main(): exit 1
+        stopped_by = launch(config, ["tangtoc", *worker_argv(args, args.parser)])  # DistributedError: main(), 1
+    except UsageError as e:  # a rank refused its command line, and said why above
+        err.print(f"tangtoc train: error: {e}", markup=False)
+        return 2
     finally:
         _drop_if_empty(claimed)
-    return 0
+    if stopped_by is None:
+        return 0
+    newest = latest_checkpoint(args.checkpoint_dir) if args.checkpoint_dir is not None else None
+    if newest is not None and newest != before:
+        err.print(
+            f"tangtoc train: preempted ({stopped_by.name}), checkpoint at {newest}; rerun with --resume to continue.",
+            markup=False,
+        )
+        return 0
+    kept = (
+        "--no-save keeps nothing"
+        if args.no_save
+        else f"the newest checkpoint is still {before}, from before this run"
+        if before is not None
+        else "none was kept"
+    )
+    err.print(
+        f"tangtoc train: error: preempted ({stopped_by.name}) before the ranks wrote a checkpoint ({kept}). They "
+        "write one at their next log point and torchrun kills them 30 s after the signal: a smaller --log-every "
+        "lets them reach one sooner.",
+        markup=False,
+    )
+    return 1
 
 
 def _claim_run_dir(args: argparse.Namespace) -> Path | None:
@@ -206,20 +276,33 @@ def _drop_if_empty(folder: Path | None) -> None:
             folder.rmdir()
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse, before any work, a command line that cannot work (:class:`UsageError`; a
+    :class:`CheckpointError` for a --checkpoint-dir or --init-from that cannot be used)."""
+    if args.no_save and (args.checkpoint_dir is not None or args.resume or args.checkpoint_every is not None):
+        raise UsageError(
+            "--no-save keeps nothing, so it cannot go with --checkpoint-dir, --resume or --checkpoint-every."
+        )
+    if resolve(args.device).type == "meta":  # an unknown or absent device raises here: main() exits 2
+        raise UsageError(
+            "--device meta: the meta device holds shapes without data, so nothing can be trained on it (tangtoc "
+            "uses it to count a step without running it). Fix: --device cpu, cuda or auto."
+        )
+    if args.checkpoint_dir is not None:
+        # A folder that cannot take checkpoints would fail only at the first save.
+        prepare_checkpoint_dir(Path(args.checkpoint_dir))
+        refuse_foreign_checkpoints(args)
+    if args.init_from is not None:
+        find_checkpoint(args.init_from)
+
+
 def run(args: argparse.Namespace) -> int:
     err = console(stderr=True)
-    if args.no_save and (args.checkpoint_dir is not None or args.resume or args.checkpoint_every is not None):
-        err.print(
-            "tangtoc train: error: --no-save keeps nothing, so it cannot go with --checkpoint-dir, --resume or "
-            "--checkpoint-every."
-        )
+    try:
+        _check_flags(args)
+    except (UsageError, CheckpointError) as e:
+        err.print(f"tangtoc train: error: {for_cli(str(e))}", markup=False)
         return 2
-    if args.checkpoint_dir is not None:
-        try:  # before any work: a folder that cannot take checkpoints would fail only at the first save
-            prepare_checkpoint_dir(Path(args.checkpoint_dir))
-        except CheckpointError as e:
-            err.print(f"tangtoc train: error: {e}", markup=False)
-            return 2
     if args.nproc is not None:
         return _launch(args)
     given = [
@@ -236,10 +319,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:  # a partial or inconsistent set of torchrun's variables
         err.print(f"tangtoc train: error: {e}", markup=False)
         return 2
+    if env is not None:
+        die_with_launcher()  # before the work: a rank whose launcher is gone stops (DistributedError: exit 1)
     where = f" (rank {env.rank} of {env.world_size})" if env is not None else ""
-    if args.resume and latest_checkpoint(args.checkpoint_dir) is None and (env is None or env.rank == 0):
+    main_rank = env is None or env.rank == 0
+    found = latest_checkpoint(args.checkpoint_dir) if args.resume else None
+    init = find_checkpoint(args.init_from) if args.init_from is not None and found is None else None
+    if args.resume and found is None and main_rank:
+        start = f" from the weights of {init}" if init is not None else ""
         err.print(
-            f"tangtoc train: --resume: no checkpoint in {args.checkpoint_dir} yet, so this run starts at step 0.",
+            f"tangtoc train: --resume: no checkpoint in {args.checkpoint_dir} yet, so this run starts at step 0"
+            f"{start}.",
+            markup=False,
+        )
+    elif found is not None and args.init_from is not None and main_rank:
+        err.print(
+            f"tangtoc train: --resume: continuing from {found}; --init-from {args.init_from} only starts a run.",
             markup=False,
         )
     if env is not None and args.checkpoint_dir is None and not args.no_save:
@@ -254,7 +349,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the same on every rank: one initial model, one data order to shard
     device = device_for_rank(args.device)  # a device this machine lacks is a usage error: main() exits 2
+    world = env.world_size if env is not None else 1
     claimed = None
+    progress = Progress()
     try:
         work = training(
             args.model,
@@ -266,6 +363,16 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         model = work.model
+        if found is not None:
+            check_resume(found, model, work.train, world, args)
+        if init is not None:
+            step = check_init_from(init, model, args)
+            if main_rank:
+                err.print(
+                    f"tangtoc train: starting from the weights of {init} (its step {step}) at step 0, with a fresh "
+                    "optimizer.",
+                    markup=False,
+                )
         if args.checkpoint_dir is None and not args.no_save:
             claimed = _claim_run_dir(args)
             if claimed is None:
@@ -275,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
             work.train,
             # A function of the parameters: FSDP replaces them when it shards the model.
             optimizer=lambda params: default_optimizer(params, device, lr=args.lr),
+            scheduler=warmup_cosine(args.warmup) if args.warmup is not None else None,  # to the last of --steps
             loss_fn=work.loss_fn,
             steps=args.steps,
             precision=args.precision,
@@ -287,17 +395,35 @@ def run(args: argparse.Namespace) -> int:
             on_preempt="return",
             device=device,
             progress=not args.json,
+            peak_flops=args.peak_tflops * 1e12 if args.peak_tflops is not None else None,
+            callbacks=[progress],
             strategy=args.strategy,
         )
-    except ValueError as e:  # settings that cannot work; the message names the flag's argument
-        err.print(f"tangtoc train: error{where}: {e}", markup=False)
+    except NonFiniteLossError as e:
+        err.print(f"tangtoc train: error{where}: {nonfinite_message(e, args, device)}", markup=False)
+        return 1
+    except ValueError as e:  # settings that cannot work (UsageError among them); the message names the flag
+        err.print(f"tangtoc train: error{where}: {for_cli(str(e))}", markup=False)
         return 2
-    except TangtocError as e:  # the run failed; on several processes, say which one
-        err.print(f"tangtoc train: error{where}: {e}", markup=False)
+    except Exception as e:
+        failure = unwritten(e, progress)
+        if failure is not None:  # trained, and not kept: say what was trained, then what was not written
+            folder = claimed or (Path(args.checkpoint_dir) if args.checkpoint_dir is not None else None)
+            message = unwritten_message(failure, work.model, progress, folder, args.steps)
+            s = reached(args, work.model, work.data, device, world, progress, message)
+            if args.json:
+                print(to_json(stamp("tangtoc.train", s)))
+            else:
+                render(s)
+            err.print(f"tangtoc train: error{where}: {message}", markup=False)
+            return 1
+        if not isinstance(e, TangtocError):
+            raise  # not a failure tangtoc knows: its traceback is the report
+        err.print(f"tangtoc train: error{where}: {for_cli(str(e))}", markup=False)  # the run failed; say which rank
         return 1
     finally:
         _drop_if_empty(claimed)
-    if env is not None and env.rank != 0:
+    if not main_rank:
         return 0  # rank 0 reports for all
     if 0 < result.start_step == result.step:
         err.print(
@@ -305,11 +431,11 @@ def run(args: argparse.Namespace) -> int:
             "--steps. Pass more --steps to train on."
         )
     sample = _sample(model, args, device, result) if args.model == "gpt" and not result.preempted else None
-    summary = _summary(args, model, work.data, result, sample)
+    s = summary(args, model, work.data, result, sample)
     if args.json:
-        print(to_json(summary))
+        print(to_json(stamp("tangtoc.train", s)))
     else:
-        _render(summary, result)
+        render(s)
     return 0
 
 
@@ -320,80 +446,3 @@ def _sample(model: GPT, args: argparse.Namespace, device: torch.device, result: 
             return None
         model = GPT.from_checkpoint(result.checkpoint, device=device)
     return sample_text(model, SAMPLE_PROMPT, args.sample_tokens, seed=args.seed)
-
-
-def _summary(
-    args: argparse.Namespace, model: GPT | MLP, about: str, result: FitResult, sample: str | None
-) -> dict[str, Any]:
-    info = describe(result.device)
-    return {
-        "model": f"{args.model} {args.size}",
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "data": about,
-        "device": f"{result.device} ({info.name})",
-        "processes": result.world_size,
-        "strategy": result.strategy,
-        "precision": result.precision,
-        "steps": result.step,
-        "resumed_from_step": result.start_step or None,
-        "loss": result.loss,  # the mean over the steps of loss_steps (the last log interval)
-        "loss_steps": result.loss_steps,
-        "last_step_loss": result.last_step_loss,
-        "eval_loss": result.eval_loss,
-        "tokens_per_s": result.tokens_per_s,
-        "samples_per_s": result.samples_per_s,
-        "mfu": result.mfu,
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "wall_time_s": result.wall_time_s,
-        "preempted": result.preempted,
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "metrics": str(result.metrics_path) if result.metrics_path else None,
-        "plot": str(result.plot_path) if result.plot_path else None,
-        "sample": sample,
-    }
-
-
-def _render(s: dict[str, Any], result: FitResult) -> None:
-    out = console()
-    ranks = f" x {s['processes']} processes ({s['strategy']})" if s["processes"] > 1 else ""
-    out.print(
-        f"[bold]tangtoc train {s['model']}[/bold]: {s['parameters']:,} parameters on {s['device']}{ranks}, "
-        f"{s['precision']}"
-    )
-    out.print(f"data: {s['data']}", markup=False, soft_wrap=True)
-    resumed = f" (resumed from step {s['resumed_from_step']})" if s["resumed_from_step"] else ""
-    if s["loss"] is None:
-        loss = "train loss n/a"
-    else:  # a mean over an interval differs from one step's loss: both are said, with what they are
-        first, last = s["loss_steps"]
-        loss = f"train loss {s['loss']:.4f} (mean of steps {first} to {last})"
-        if s["last_step_loss"] is not None:  # None when a finished run was resumed: nothing was trained now
-            loss += f", last step {s['last_step_loss']:.4f}"
-    eval_loss = "n/a" if s["eval_loss"] is None else f"{s['eval_loss']:.4f}"
-    out.print(f"steps: {s['steps']}{resumed} | {loss} | eval loss {eval_loss} | wall {s['wall_time_s']:.1f} s")
-    rate = (
-        f"{s['tokens_per_s']:,.0f} tokens/s"
-        if s["tokens_per_s"] is not None
-        else f"{s['samples_per_s']:,.0f} samples/s"
-        if s["samples_per_s"] is not None
-        else "rate n/a"
-    )
-    mfu = (
-        f"MFU {s['mfu']:.1%}"
-        if s["mfu"] is not None
-        else "MFU n/a (no published peak for this device in tangtoc's hardware table)"
-    )
-    memory = f" | peak memory {fmt_bytes(s['peak_memory_bytes'])}" if s["peak_memory_bytes"] is not None else ""
-    out.print(f"throughput: {rate} | {mfu}{memory}  (steady state: log intervals after the first)")
-    written = [f"{k}: {s[k]}" for k in ("checkpoint", "metrics", "plot") if s[k]]
-    if written:
-        out.print(" | ".join(written), markup=False, soft_wrap=True)
-    if result.preempted:
-        out.print(
-            f"[yellow]preempted[/yellow] at step {s['steps']}: checkpoint written; rerun with --resume to continue."
-        )
-    if s["sample"] is not None:
-        if s["checkpoint"] is not None:
-            out.print(f"more text: tangtoc sample {shlex.quote(s['checkpoint'])} --prompt TEXT", markup=False)
-        out.print(f"[bold]sample[/bold] (temperature {TEMPERATURE}, top-k {TOP_K}, prompt {SAMPLE_PROMPT!r}):")
-        out.print(s["sample"], markup=False, highlight=False, soft_wrap=True)

@@ -1,8 +1,15 @@
 """Checkpoints that survive a crash mid-write and cannot run code when loaded.
 
-* **Atomic**: written to a temporary file in the same folder, flushed and fsynced, then renamed over the final
-  name with ``os.replace`` (atomic on POSIX and Windows) and the folder fsynced, so a checkpoint file is either
-  complete or absent; a run killed mid-write leaves only a ``.step-*.tmp`` file, removed by the next save.
+* **Atomic**: written with :func:`tangtoc.files.write_atomic` (a temporary file in the same folder, flushed and
+  fsynced, renamed over the final name) and the folder fsynced, so a checkpoint file is either complete or absent;
+  a run killed mid-write leaves only a ``.step-*.tmp`` file, removed by the next save.
+* **One writer per folder**: a save holds the folder's lock (:mod:`~tangtoc.train.folderlock`), and so does a
+  whole run under :func:`hold_checkpoint_dir` (and fit's metrics log, in the same folder by default), so a second
+  run there is refused with the first one's PID instead of deleting its half-written file; a leftover
+  ``.step-*.tmp`` is deleted only under the lock, when no other writer can own it.
+* **Damage is caught and told apart from danger**: each checkpoint stores a CRC-32 of every tensor, checked on load;
+  a file that is not a readable zip or pickle is reported as corrupt, never as one that could run code
+  (:mod:`~tangtoc.train.integrity`); resuming skips a damaged newest checkpoint for the newest that verifies.
 * **Safe to load**: :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, which unpickles only tensors
   and plain containers (dict, list, tuple, str, int, float, bool, None). A file holding any other object, such
   as one whose ``__reduce__`` would run a command, is refused instead of executed. So everything saved here is
@@ -20,7 +27,8 @@ import os
 import pickle
 import random
 import re
-import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +36,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
+from tangtoc.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    DistributedError,
+    FolderInUseError,
+    SkippedCheckpointWarning,
+)
+from tangtoc.files import write_atomic
+from tangtoc.move import to_cpu
 from tangtoc.train.batches import BatchStream
 from tangtoc.train.distributed import Distributed
-from tangtoc.train.errors import CheckpointError, DistributedError
+from tangtoc.train.folderlock import FolderLock
+from tangtoc.train.integrity import CHECKSUMS, check_container, corrupt, refusal, tensor_checksums, verify
+from tangtoc.train.schedule import resume_rates
 from tangtoc.train.strategies import checkpoint_family, load_state_dicts, state_dicts
 
 FORMAT = "tangtoc.checkpoint"
@@ -98,6 +118,36 @@ def prepare_checkpoint_dir(directory: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def hold_checkpoint_dir(directory: Path | None, parallel: Distributed | None) -> Iterator[None]:
+    """Hold ``directory`` for a whole run (nothing to hold when it is ``None``): a second run there is refused with
+    a :class:`~tangtoc.errors.FolderInUseError` naming this one's PID, before it reads or writes anything. Only the
+    writer, rank 0, takes the lock (the other ranks of the same run would be refused by it); every rank learns
+    whether it could, so that a busy folder stops all of them at once instead of leaving the others waiting for
+    rank 0 at their first collective. The operating system lets go when the process dies."""
+    if directory is None:
+        yield
+        return
+    prepare_checkpoint_dir(directory)  # the lock file goes into it; every rank checks, so each fails alike
+    lock, refused = None, None
+    if parallel is None or parallel.is_main:
+        try:
+            lock = FolderLock(directory, "train")
+        except FolderInUseError as e:
+            refused = e
+    if parallel is not None:
+        told = parallel.all_gather(None if refused is None else (str(refused), refused.pid, refused.host))[0]
+        if told is not None and refused is None:
+            refused = FolderInUseError(told[0], pid=told[1], host=told[2])
+    if refused is not None:
+        raise refused
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def model_config(model: nn.Module) -> dict[str, Any] | None:
     """What rebuilds ``model`` from a checkpoint alone: its class name and its ``config`` as plain values, when
     ``model.config`` is a dataclass of plain values (tangtoc's GPT, MLP and CNN); ``None`` otherwise (a Hugging
@@ -156,27 +206,24 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike[str], *, keep_last: int) -> Path:
-    """Write ``state`` (which must hold ``"step"``) atomically as ``directory/step-NNNNNNNN.pt``, delete all but
-    the newest ``keep_last`` checkpoints and any temporary file a killed run left, and return the path. A folder
-    that cannot take it is a :class:`CheckpointError` (see :func:`prepare_checkpoint_dir`)."""
+    """Write ``state`` (which must hold ``"step"``) atomically as ``directory/step-NNNNNNNN.pt`` with a CRC-32 of
+    each of its tensors, delete all but the newest ``keep_last`` checkpoints and any temporary file a killed run
+    left, and return the path. Holds the folder's lock while it writes: a folder another run holds is a
+    :class:`~tangtoc.errors.FolderInUseError`, one that cannot take the file a :class:`CheckpointError` (see
+    :func:`prepare_checkpoint_dir`) or an :class:`~tangtoc.errors.OutputError` (no space left)."""
     root = Path(directory)
     prepare_checkpoint_dir(root)
-    for stale in root.glob(".step-*.tmp"):
-        stale.unlink(missing_ok=True)
     final = checkpoint_path(root, int(state["step"]))
-    fd, tmp = tempfile.mkstemp(prefix=".step-", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep_last]:
-        old.unlink(missing_ok=True)
+    saved = to_cpu(state)  # one copy to the host, which both the checksums and torch.save then read
+    payload = {"format": FORMAT, "version": VERSION, **saved, CHECKSUMS: tensor_checksums(saved)}
+    with FolderLock(root, "write checkpoints"):
+        # Under the lock no other writer can be mid-write here: a temporary file left now is a killed run's.
+        for stale in root.glob(".step-*.tmp"):
+            stale.unlink(missing_ok=True)
+        write_atomic(final, lambda f: torch.save(payload, f))
+        _fsync_dir(root)
+        for old in list_checkpoints(root)[:-keep_last]:
+            old.unlink(missing_ok=True)
     return final
 
 
@@ -186,27 +233,19 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     ``mmap=True`` maps the tensors from the file instead of reading them into memory: the ranks of a distributed
     run that each load the same checkpoint then share one copy in the page cache instead of holding one each.
 
-    Raises :class:`CheckpointError` for a file that is truncated or corrupt, that holds objects other than
-    tensors and plain data, or that is not a tangtoc checkpoint.
+    Raises :class:`~tangtoc.errors.CorruptCheckpointError` (a :class:`CheckpointError`) for a file that is
+    truncated or damaged: not a readable zip or pickle, or tensors that differ from the checksums written with them
+    (checkpoints written before checksums existed load unverified); :class:`CheckpointError` for one that holds
+    objects other than tensors and plain data, or that is not a tangtoc checkpoint.
     """
     path = Path(path)
+    check_container(path)  # damage first: PyTorch reports garbage as objects that could run code
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"refused to load {path}: it holds Python objects other than tensors and plain data, and unpickling "
-            f"them could run code ({reason}). tangtoc loads checkpoints with torch.load(weights_only=True). If you "
-            "made this file yourself and trust it, load it with torch.load(path, weights_only=False) and save its "
-            "tensors again."
-        ) from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is truncated or corrupt ({type(e).__name__}: {first}). tangtoc "
-            "writes checkpoints atomically, so it was damaged or cut after writing. Fix: delete it to resume from "
-            "the previous checkpoint, or start afresh with resume=False."
-        ) from e
+        raise refusal(path, e, FORMAT) from e
+    except Exception as e:  # the pickle is intact: what else PyTorch trips on is damage only loading shows
+        raise corrupt(path, e) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a tangtoc checkpoint (no format={FORMAT!r} entry). To start from plain weights, load "
@@ -219,6 +258,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is incomplete.")
+    verify(state, path)
+    state.pop(CHECKSUMS, None)  # verified: the state reads as it was saved
     return state
 
 
@@ -269,6 +310,7 @@ class RunState:
     batches: BatchStream
     device: torch.device
     parallel: Distributed | None
+    scheduler: LRScheduler | None = None
 
     @property
     def strategy(self) -> str | None:
@@ -284,8 +326,10 @@ class RunState:
 
 
 def newest_checkpoint(directory: Path, parallel: Distributed | None) -> Path | None:
-    """The newest checkpoint in ``directory``, which every rank must see alike (each reads it to resume)."""
-    found = latest_checkpoint(directory)
+    """The newest checkpoint in ``directory`` that loads and verifies, which every rank must see alike (each reads
+    it to resume). Damaged newer ones are skipped with a :class:`~tangtoc.errors.SkippedCheckpointWarning` naming
+    them (from rank 0); when every checkpoint there is damaged, :class:`~tangtoc.errors.CorruptCheckpointError`."""
+    found = _newest_intact(directory, warn=parallel is None or parallel.is_main)
     if parallel is None:
         return found
     seen = parallel.all_gather(found.name if found is not None else None)
@@ -299,9 +343,39 @@ def newest_checkpoint(directory: Path, parallel: Distributed | None) -> Path | N
     return found
 
 
+def _newest_intact(directory: Path, warn: bool) -> Path | None:
+    skipped: list[CorruptCheckpointError] = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            load_checkpoint(path, mmap=True)  # mapped: only the checksums read the tensors, from the page cache
+        except CorruptCheckpointError as e:
+            skipped.append(e)
+            continue
+        if skipped and warn:
+            warnings.warn(
+                f"resuming from {path}, the newest checkpoint that verifies: skipped {_listed(skipped)}. Delete "
+                "what was skipped once you no longer need it for a diagnosis.",
+                SkippedCheckpointWarning,
+                stacklevel=4,
+            )
+        return path
+    if skipped:
+        raise CorruptCheckpointError(
+            f"every checkpoint in {directory} is damaged, so there is nothing to resume from: {_listed(skipped)}. "
+            "Fix: start afresh in another checkpoint_dir, or delete these files.",
+            path=skipped[0].path,
+            reason=skipped[0].reason,
+        )
+    return None
+
+
+def _listed(damaged: list[CorruptCheckpointError]) -> str:
+    return "; ".join(f"{e.path.name}, which is corrupt or truncated ({e.reason})" for e in damaged)
+
+
 def restore_run(path: Path, run: RunState) -> tuple[int, int]:
-    """Load ``path`` into ``run`` (model, optimizer, scaler, this rank's RNG states and data position); returns
-    ``(step, skipped_steps)``."""
+    """Load ``path`` into ``run`` (model, optimizer, scaler, learning-rate schedule, this rank's RNG states and data
+    position); returns ``(step, skipped_steps)``."""
     state = load_checkpoint(path, mmap=run.parallel is not None)
     saved_world = int(state.get("world_size", 1))
     saved_strategy = state.get("strategy", "single")
@@ -329,10 +403,42 @@ def restore_run(path: Path, run: RunState) -> tuple[int, int]:
         ) from e
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
+    _restore_scheduler(path, state.get("scheduler"), run.scheduler, int(state["step"]))
     mine = state["ranks"][run.rank] if saved_world > 1 else state
     set_rng_state(mine["rng"], run.device)
     run.batches.load_state_dict(mine["data"])
     return int(state["step"]), int(state.get("skipped_steps", 0))
+
+
+def _scheduler_state(scheduler: LRScheduler | None) -> dict[str, Any] | None:
+    # The class name goes with the state: a checkpoint of one schedule is not resumed under another.
+    return None if scheduler is None else {"class": type(scheduler).__name__, "state": scheduler.state_dict()}
+
+
+def _restore_scheduler(path: Path, saved: dict[str, Any] | None, scheduler: LRScheduler | None, step: int) -> None:
+    """Continue the saved schedule, refusing a resume that would silently change it: a schedule dropped (the
+    learning rate would stay at its value of ``step``), one added (it would start over at ``step``), or another
+    class of schedule."""
+    mine = type(scheduler).__name__ if scheduler is not None else None
+    theirs = saved["class"] if saved is not None else None
+    if mine == theirs:
+        if scheduler is not None and saved is not None:
+            scheduler.load_state_dict(saved["state"])
+            resume_rates(scheduler)
+        return
+    if theirs is None:
+        problem = f"without a learning-rate schedule, and this run has one ({mine}): it would start over at step {step}"
+    elif mine is None:
+        problem = (
+            f"with a learning-rate schedule ({theirs}), and this run has none: the learning rate would stay at its "
+            f"scheduled value of step {step}"
+        )
+    else:
+        problem = f"with a {theirs} learning-rate schedule, and this run has a {mine}"
+    raise CheckpointError(
+        f"checkpoint {path} was written by a run {problem}. Fix: resume with the schedule that wrote it "
+        "(scheduler=, --warmup in the CLI), or start the new schedule in another checkpoint_dir."
+    )
 
 
 def save_run(directory: Path, run: RunState, step: int, skipped: int, keep_last: int) -> Path:
@@ -349,6 +455,7 @@ def save_run(directory: Path, run: RunState, step: int, skipped: int, keep_last:
             "model_config": model_config(run.model),
             "optimizer": optimizer_state,
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "scheduler": _scheduler_state(run.scheduler),
             **mine,  # rank 0's, so that the format stays the same as a single process's
             "skipped_steps": skipped,
             "world_size": run.world_size,

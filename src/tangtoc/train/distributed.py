@@ -15,9 +15,12 @@ launches processes or implements a collective.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import re
+import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from tangtoc.device import DeviceLike, cuda_facts, resolve
-from tangtoc.train.errors import DistributedError
+from tangtoc.errors import DistributedError
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 #: How long a rank waits to join the others, and later for any one collective, before it fails with a message
@@ -34,6 +37,9 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 #: collectives (rank 0 writing a checkpoint, the first step's compilation).
 DEFAULT_TIMEOUT_S = 600.0
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+#: Set by ``tangtoc train --nproc`` for its ranks: the launcher's PID, which they must not outlive.
+LAUNCHER_PID_VAR = "TANGTOC_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,34 @@ def device_for_rank(device: DeviceLike | None, env: TorchrunEnv | None = None) -
             f"for {chosen.type}. Fix: device='cpu' (--device cpu), or a single process on {chosen.type}."
         )
     return chosen
+
+
+def die_with_launcher(environ: Mapping[str, str] | None = None) -> bool:
+    """Have the kernel SIGKILL this rank when the ``tangtoc train --nproc`` launcher that started it dies, however
+    it dies: SIGKILL included, which gives torchrun's agent no chance to stop the ranks (torchrun starts them in
+    sessions of their own, so they do not share the launcher's process group either). Without this they train
+    on, orphaned, and keep writing checkpoints. Returns whether the request was made.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and in processes that ``TANGTOC_LAUNCHER_PID`` does not
+    mark as the launcher's ranks (a user's own torchrun), it does nothing and returns False: on macOS and Windows
+    the ranks of a launcher killed outright run on until they finish or are killed themselves.
+
+    Raises :class:`DistributedError` when the launcher is already gone (this process's parent is another), since
+    the kernel would then never send the signal.
+    """
+    env = os.environ if environ is None else environ
+    launcher = env.get(LAUNCHER_PID_VAR)
+    if launcher is None or not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False  # a kernel that refuses it (seccomp): the rank works as before
+    if str(os.getppid()) != launcher:  # it died before the request: no signal will come
+        raise DistributedError(
+            f"the launcher of this rank (PID {launcher}, {LAUNCHER_PID_VAR}) is gone, so this rank stops instead of "
+            "training alone. Start the job again (with --resume to continue from its newest checkpoint)."
+        )
+    return True
 
 
 def connect_error(error: BaseException, addr: str, port: int, timeout_s: float) -> DistributedError:

@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from tangtoc.device import DeviceLike, resolve
 from tangtoc.step import DEFAULT_LR, LossFn, LossFrom, OptimizerFactory, default_optimizer
+from tangtoc.train.checkpoint import hold_checkpoint_dir
 from tangtoc.train.config import (
     SAME_AS_CHECKPOINTS,
     FitConfig,
@@ -29,6 +31,7 @@ from tangtoc.train.config import (
 from tangtoc.train.distributed import DEFAULT_TIMEOUT_S, session
 from tangtoc.train.result import Callback, FitEvent, FitResult
 from tangtoc.train.run import Run
+from tangtoc.train.schedule import SchedulerFactory
 
 __all__ = ["DEFAULT_LR", "Callback", "FitEvent", "FitResult", "LossFn", "default_optimizer", "fit"]
 
@@ -51,6 +54,7 @@ def fit(
     compile: bool = False,
     grad_accum: int = 1,
     clip_grad: float | None = None,
+    scheduler: LRScheduler | SchedulerFactory | None = None,
     log_every: int = 10,
     eval_data: Iterable[Any] | None = None,
     eval_every: int | None = None,
@@ -62,9 +66,11 @@ def fit(
     on_preempt: PreemptPolicy = "exit",
     device: DeviceLike | None = "auto",
     progress: bool = True,
+    peak_flops: float | None = None,
     log_dir: str | Path | SameAsCheckpoints | None = SAME_AS_CHECKPOINTS,
     callbacks: Sequence[Callback] = (),
     strategy: StrategyName = "auto",
+    shard_data: bool = True,
     dist_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> FitResult:
     """Train ``model`` on ``data`` on one device, or on many under torchrun; resumable, preemption-safe, one sync
@@ -74,7 +80,7 @@ def fit(
         model: moved to ``device`` (in place) and put in train mode.
         data: any iterable of batches that can be iterated again each epoch: a
             :class:`~tangtoc.data.ResidentLoader`, a ``DataLoader``, a list. Batches not on the device are moved
-            with :func:`~tangtoc.move.to_device`.
+            with :func:`~tangtoc.move.to_device`. Under torchrun each rank trains on its share (``shard_data``).
         optimizer: an optimizer, or a function ``params -> optimizer`` called on the parameters once the model is
             wrapped (needed with ``strategy="fsdp"``, whose sharding replaces the parameters); default
             :func:`default_optimizer` (AdamW, lr 1e-3, fused on CUDA).
@@ -95,11 +101,15 @@ def fit(
         NonFiniteLossError, CheckpointError (also for a ``checkpoint_dir`` that cannot be written, before training),
         TrainingOutOfMemoryError (with the batch size and what to change),
         DistributedError (the process group cannot be formed, or the ranks disagree on the checkpoints),
+        FolderInUseError (another run holds ``checkpoint_dir`` or ``log_dir``; the message names its PID),
         ValueError for arguments that cannot work (each names the argument).
     """
     config = FitConfig(**{name: value for name, value in locals().items() if name in SETTINGS})
     placed = resolve(device)  # once, here; under torchrun, session() maps CUDA to this rank's GPU
-    with session(config.strategy, placed, config.dist_timeout_s) as parallel:
+    with (
+        session(config.strategy, placed, config.dist_timeout_s) as parallel,
+        hold_checkpoint_dir(config.checkpoint_dir, parallel),  # one run per folder, for the whole run
+    ):
         if parallel is not None:
             placed = parallel.device
         run = Run(model, data, optimizer, loss_fn, eval_data, placed, tuple(callbacks), config, parallel)

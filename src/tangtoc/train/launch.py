@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from tangtoc.device import cpu_cores as usable_cpu_cores  # the one count of the cores this process may use
 from tangtoc.device import cuda_facts
-from tangtoc.train.distributed import connect_error
-from tangtoc.train.errors import DistributedError
+from tangtoc.errors import DistributedError, UsageError
+from tangtoc.train.distributed import LAUNCHER_PID_VAR, connect_error
+from tangtoc.train.signals import PREEMPTION_SIGNALS
 
 #: torchrun's port for the static rendezvous of several machines when none is given.
 DEFAULT_MASTER_PORT = 29500
@@ -51,13 +54,6 @@ class LaunchConfig:
             )
         if self.master_port is not None and not 1 <= self.master_port <= 65535:
             raise ValueError(f"--master-port must be a TCP port (1..65535), got {self.master_port}.")
-
-
-def usable_cpu_cores() -> int:
-    """Cores this process may run on (its affinity mask, which a scheduler may have narrowed), else all."""
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def check_nproc(nproc: int, device: torch.device) -> None:
@@ -122,14 +118,44 @@ def torchrun_argv(config: LaunchConfig, command: Sequence[str]) -> list[str]:
     return [*argv, "--module", *command]
 
 
-def launch(config: LaunchConfig, command: Sequence[str]) -> None:
+#: The signals torchrun's agent turns into an exception and passes on to the ranks; its default lacks SIGUSR1 (SLURM's
+#: --signal), which would otherwise end the launcher at once (and with it, its ranks, unwarned). Given through the
+#: variable that sets the default of torchrun's --signals-to-handle; a torch whose torchrun lacks that option
+#: ignores it, and forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT only.
+_FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", *(["SIGUSR1"] if hasattr(signal, "SIGUSR1") else []))
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` (which torchrun copies into each rank's) for the block, then restored."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def launch(config: LaunchConfig, command: Sequence[str]) -> signal.Signals | None:
     """Run ``python -m <command...>`` on ``config.nproc`` processes of this machine, joined with those of the
     other machines, through ``torch.distributed.run`` in this process (it becomes torchrun's agent: it starts
-    the ranks, watches them, and stops them all when one fails). Returns when every rank exited with 0.
+    the ranks, watches them, and stops them all when one fails). Returns ``None`` when every rank exited with 0.
 
-    Raises :class:`DistributedError` when a rank fails (naming it and its exit code; its own error is already on
-    stderr, prefixed with its rank), when the machines cannot meet within ``join_timeout_s``, or when a signal
-    stops the launcher (torchrun passes it on to the ranks, then stops them).
+    A preemption signal (SIGTERM, or SIGUSR1 where the platform and torchrun's ``--signals-to-handle`` have it) to
+    the launcher is passed on to every rank, which finish their step, checkpoint at their next log point (when they
+    have a checkpoint dir) and exit; torchrun gives them 30 s before it kills them. Then the signal is returned: the
+    job was preempted, not failed.
+    The ranks get the launcher's PID (``TANGTOC_LAUNCHER_PID``) so that they die with it when it is killed
+    outright (see :func:`~tangtoc.train.distributed.die_with_launcher`).
+
+    Raises :class:`~tangtoc.errors.UsageError` when a rank exited with 2 (it refused its command line; its message
+    is on stderr), :class:`DistributedError` when a rank fails otherwise (naming it and its exit code; its own
+    error is already on stderr, prefixed with its rank), when the machines cannot meet within ``join_timeout_s``,
+    or when another signal (SIGINT, SIGHUP, SIGQUIT) stops the launcher, after torchrun has stopped the ranks.
     """
     if config.node_rank == 0 and config.master_port is not None:
         check_port_free(config.master_port)
@@ -137,21 +163,29 @@ def launch(config: LaunchConfig, command: Sequence[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    env = {LAUNCHER_PID_VAR: str(os.getpid())}
+    if "PET_SIGNALS_TO_HANDLE" not in os.environ:  # the user's own choice stands
+        env["PET_SIGNALS_TO_HANDLE"] = ",".join(_FORWARDED)
     try:
-        torchrun(torchrun_argv(config, command))
+        with _environment(env):
+            torchrun(torchrun_argv(config, command))
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         how = f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0 else f"exited with {failure.exitcode}"
-        raise DistributedError(
+        message = (
             f"rank {rank} {how}, so torchrun stopped the other ranks; that rank's own error is printed above, "
             f"prefixed with [rank{rank}] or after its 'error' line."
-        ) from e
+        )
+        raise (UsageError if failure.exitcode == 2 else DistributedError)(message) from e
     except SignalException as e:
+        if e.sigval in PREEMPTION_SIGNALS:
+            return e.sigval
         raise DistributedError(
-            f"the launcher received {e.sigval.name}; torchrun passed it on to every rank (which checkpoint at their "
-            "next log point when they have a checkpoint dir) and then stopped them. Rerun with --resume to continue."
+            f"the launcher received {e.sigval.name}; torchrun passed it on to every rank and then stopped them. "
+            "Rerun with --resume to continue from the newest checkpoint."
         ) from e
     except RuntimeError as e:  # the rendezvous: torch.distributed.DistError and its subclasses
         raise connect_error(
             e, config.master_addr or "127.0.0.1", config.master_port or DEFAULT_MASTER_PORT, config.join_timeout_s
         ) from e
+    return None

@@ -1,4 +1,5 @@
-"""What fit() reports, and where: rates per log interval, a JSONL log, a loss-curve PNG, progress on stderr.
+"""What fit() reports, and where: rates per log interval, a JSONL log, a loss-curve PNG (its progress on stderr is
+:class:`tangtoc.console.ProgressBar`).
 
 Everything here runs on the host with numbers that were already fetched: nothing in this module reads a tensor.
 Units are in the key names (``_s`` seconds, ``_per_s`` per second, ``_bytes`` bytes); MFU is a fraction (0..1).
@@ -6,20 +7,16 @@ Units are in the key names (``_s`` seconds, ``_per_s`` per second, ``_bytes`` by
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from tangtoc.files import check_target, write_atomic
+from tangtoc.train.folderlock import FolderLock
 
 Record = dict[str, Any]
 
@@ -34,6 +31,7 @@ class Interval:
     tokens: int = 0  # between log points, a 0-dim device tensor when padding is left out (tangtoc.step)
     flops: float = 0.0
     data_wait_s: float = 0.0  # host time inside the data iterator's next(): this rank's, never summed over ranks
+    left_out_s: float = 0.0  # time of the steps that counted FLOPs, whose work is not in these counts either
 
     def add(self, other: Interval) -> None:
         self.steps += other.steps
@@ -41,19 +39,22 @@ class Interval:
         self.tokens += other.tokens
         self.flops += other.flops
         self.data_wait_s += other.data_wait_s
+        self.left_out_s += other.left_out_s
 
     def take(self) -> Interval:
         """A copy of the counts, then zero them (in place: the hot loop holds a reference to this object)."""
-        taken = Interval(self.steps, self.samples, self.tokens, self.flops, self.data_wait_s)
+        taken = Interval(self.steps, self.samples, self.tokens, self.flops, self.data_wait_s, self.left_out_s)
         self.steps = self.samples = self.tokens = 0
-        self.flops = self.data_wait_s = 0.0
+        self.flops = self.data_wait_s = self.left_out_s = 0.0
         return taken
 
 
 def rates(work: Interval, seconds: float, peak_flops: float | None) -> Record:
     """Step time, samples/s, the share of the time spent waiting for the next batch (as torchtitan logs it: host
-    time in the data iterator), tokens/s (when the batches are token ids) and MFU (when the model declares its
-    FLOPs and the device's peak is known; omitted otherwise, never guessed)."""
+    time in the data iterator), tokens/s (when the batches are token ids) and MFU (FLOPs, declared by the model or
+    counted, per second over ``peak_flops``; omitted without a peak, never guessed). ``seconds`` is the interval's
+    wall time; the steps that counted FLOPs (``work.left_out_s``) are taken out of it, as their work is."""
+    seconds -= work.left_out_s
     if seconds <= 0 or work.steps == 0:
         return {}
     out: Record = {"step_time_s": seconds / work.steps, "samples_per_s": work.samples / seconds,
@@ -70,23 +71,33 @@ class MetricsLog:
 
     When a run resumes at ``resume_step``, records after that step (written by the run that was killed after
     its last checkpoint) are dropped, so the log reads as one uninterrupted run. A fresh run starts a new file.
+
+    The log's folder is held (:class:`~tangtoc.train.folderlock.FolderLock`) from here to :meth:`close`: a second
+    run writing there would replace the file this one appends to, and this one's records would go to the replaced
+    file, lost. It is refused instead, with a :class:`~tangtoc.errors.FolderInUseError` naming the holder.
     """
 
     def __init__(self, path: Path | None, resume_step: int | None) -> None:
         self.path = path
         self.records: list[Record] = []
         self._file = None
+        self._lock: FolderLock | None = None
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept: list[Record] = []
-        if resume_step is not None and path.exists():
-            check_target(path)  # never read or write through a link planted in the run's folder
-            kept = [r for r in _read_jsonl(path) if r.get("step", 0) <= resume_step]
-        self.records = kept
-        # Rewritten atomically (no symlink followed, no other file replaced), then appended to by this process only.
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW), "a")
+        self._lock = FolderLock(path.parent, "write metrics")
+        try:
+            kept: list[Record] = []
+            if resume_step is not None and path.exists():
+                check_target(path)  # never read or write through a link planted in the run's folder
+                kept = [r for r in _read_jsonl(path) if r.get("step", 0) <= resume_step]
+            self.records = kept
+            # Rewritten atomically (no symlink followed, no other file replaced), then appended to by this process.
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+            self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW), "a")
+        except BaseException:
+            self.close()
+            raise
 
     def write(self, record: Record) -> None:
         self.records.append(record)
@@ -95,9 +106,13 @@ class MetricsLog:
             self._file.flush()  # a killed run keeps every record up to its last log point
 
     def close(self) -> None:
+        """Close the file and let the folder go; a second call does nothing."""
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def _read_jsonl(path: Path) -> list[Record]:
@@ -142,72 +157,3 @@ def plot_loss(records: Sequence[Record], path: Path) -> Path | None:
 
 def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-class ProgressBar:
-    """Progress on stderr at log points only (nothing is drawn between them): a rich bar on a terminal and in a
-    notebook (rich draws it there through ipywidgets), and one plain line per log point anywhere else (a pipe, a
-    log file, nohup, a batch job), where a redrawn bar would show nothing until the run ends."""
-
-    def __init__(self, total: int, start: int, enabled: bool, console: Console | None = None) -> None:
-        self._console = console or Console(stderr=True)
-        self._total = total
-        self._enabled = enabled
-        self._progress = None
-        if enabled and _draws_live(self._console):
-            self._progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=self._console,
-                transient=False,
-            )
-            self._task = self._progress.add_task("train", total=total, completed=start, info="")
-
-    def __enter__(self) -> ProgressBar:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def update(self, step: int, record: Record) -> None:
-        if not self._enabled:
-            return
-        info = _info(record)
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step, info=info)
-            return
-        elapsed = f" | {record['elapsed_s']:.1f} s elapsed" if "elapsed_s" in record else ""
-        # soft_wrap: a log line stays one line whatever width rich assumes for a file (80 columns).
-        self._console.print(f"train step {step}/{self._total} | {info}{elapsed}", markup=False, soft_wrap=True)
-
-    def note(self, line: str) -> None:
-        """A line of its own (an evaluation's result), printed above the bar or among the log lines."""
-        if self._enabled:
-            self._console.print(line, markup=False, soft_wrap=True)
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _draws_live(console: Console) -> bool:
-    """Whether a redrawn bar is seen as it runs: on a terminal, or in Jupyter when ipywidgets is installed (without
-    it rich only warns, and the plain lines serve better)."""
-    if console.is_terminal and not console.is_dumb_terminal:
-        return True
-    return console.is_jupyter and importlib.util.find_spec("ipywidgets") is not None
-
-
-def _info(record: Record) -> str:
-    parts = [f"loss {record['loss']:.4f}"] if "loss" in record else []
-    if "tokens_per_s" in record:
-        parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
-    elif "samples_per_s" in record:
-        parts.append(f"{record['samples_per_s']:,.0f} samples/s")
-    if "mfu" in record:
-        parts.append(f"MFU {record['mfu']:.1%}")
-    return " | ".join(parts)
