@@ -30,6 +30,10 @@ ALL_SPECS = sorted(
         ("Tesla T4", "NVIDIA T4"),
         ("NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 4090"),
         ("NVIDIA A10G", "NVIDIA A10G"),
+        ("NVIDIA GH200 480GB", "NVIDIA GH200 96GB HBM3"),  # 480 GB: the Grace CPU's LPDDR5X
+        ("NVIDIA GH200 144G HBM3e", "NVIDIA GH200 144GB HBM3e"),
+        ("NVIDIA B200", "NVIDIA B200"),
+        ("NVIDIA L40S", "NVIDIA L40S"),
     ],
 )
 def test_lookup_maps_device_names(device_name: str, expected: str) -> None:
@@ -42,12 +46,13 @@ def test_lookup_maps_device_names(device_name: str, expected: str) -> None:
 @pytest.mark.parametrize(
     "device_name",
     [
-        "NVIDIA L40S",  # contains "L4" but is another part
-        "NVIDIA L40",
+        "NVIDIA L40",  # the L40S's slower sibling: "L40" is not "L40S", nor "L4"
         "NVIDIA A10",  # the A10 is not the A10G
         "NVIDIA GeForce RTX 3090",
-        "NVIDIA GH200 480GB",  # contains "H200" but is a Grace Hopper superchip
+        "NVIDIA GB200",  # the Grace Blackwell superchip's B200 runs at up to 1,200 W: not the HGX B200
         "NVIDIA H800",
+        "NVIDIA H20",  # a cut-down Hopper for one market: no datasheet tangtoc could cite, so no peak
+        "NVIDIA RTX 6000 Ada Generation",  # its datasheet gives FP32 and a sparse FP8 figure only
         "Tesla T40",
         "AMD Instinct MI300X",
         "",
@@ -113,6 +118,9 @@ def test_specs_are_read_only() -> None:
         ("t4", "Tesla T4"),
         ("rtx4090", "NVIDIA GeForce RTX 4090"),
         ("a10g", "NVIDIA A10G"),
+        ("gh200", "NVIDIA GH200 480GB"),
+        ("b200", "NVIDIA B200"),
+        ("l40s", "NVIDIA L40S"),
     ],
 )
 def test_short_names(short: str, device_name: str) -> None:
@@ -124,3 +132,24 @@ def test_h100_peak_is_not_the_a100_peak() -> None:
     h100, a100 = BY_SHORT_NAME["h100"], BY_SHORT_NAME["a100"]
     assert a100.peak_flops["bfloat16"] == pytest.approx(312e12)
     assert h100.peak_flops["bfloat16"] > 3 * a100.peak_flops["bfloat16"]
+
+
+@pytest.mark.parametrize(
+    ("device_name", "bf16_tflops", "tf32_tflops", "bandwidth_tb_s"),
+    [
+        # Dense rates, as each datasheet prints them or halved from its sparse figures (the module's rules).
+        ("NVIDIA GH200 480GB", 990, 494, 4.0),
+        ("NVIDIA GH200 144G HBM3e", 990, 494, 4.9),
+        ("NVIDIA B200", 2250, 1100, 7.7),
+        ("NVIDIA L40S", 362.05, 183, 0.864),
+    ],
+)
+def test_new_parts_carry_their_datasheet_figures(
+    device_name: str, bf16_tflops: float, tf32_tflops: float, bandwidth_tb_s: float
+) -> None:
+    spec = lookup(device_name)
+    assert spec is not None
+    assert spec.peak_flops["bfloat16"] == pytest.approx(bf16_tflops * 1e12)
+    assert spec.peak_flops["tf32"] == pytest.approx(tf32_tflops * 1e12)
+    assert spec.memory_bandwidth == pytest.approx(bandwidth_tb_s * 1e12)
+    assert "datasheet" in spec.source or "specifications" in spec.source

@@ -12,7 +12,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tangtoc import hardware
 from tangtoc.device import describe
-from tangtoc.integrations import throughput
 from tangtoc.integrations.throughput import Meter, Peak, resolve_peak
 
 CPU = torch.device("cpu")
@@ -49,11 +48,9 @@ def test_a_peak_must_be_positive(bad: float) -> None:
 
 def test_a_cpu_has_no_published_peak() -> None:
     peak = resolve_peak(CPU, "fp32")
-    assert peak.flops is None and peak.source == "none"
-    assert peak.line == (
-        f"no published fp32 peak for {describe(CPU).name} (cpu) in tangtoc's hardware table: MFU is not reported "
-        "(give peak_flops= or $TANGTOC_PEAK_TFLOPS to report it)."
-    )
+    reason = f"no published fp32 peak for {describe(CPU).name} (cpu) in tangtoc's hardware table"
+    assert peak.flops is None and peak.source == reason  # said beside the missing MFU
+    assert peak.line == f"{reason}: MFU is not reported (give peak_flops= or $TANGTOC_PEAK_TFLOPS to report it)."
     assert resolve_peak(CPU, None).line.startswith("the trainer's precision has no peak in tangtoc's table")
     with pytest.raises(ValueError, match="precision must be one of bf16, fp16, tf32, fp32, fp64, got 'fp8'"):
         resolve_peak(CPU, "fp8")
@@ -62,14 +59,12 @@ def test_a_cpu_has_no_published_peak() -> None:
 @pytest.mark.parametrize(
     ("precision", "key", "tflops"), [("bf16", "bfloat16", 989.5), ("tf32", "tf32", 494.5), ("fp64", "float64", 67)]
 )
-def test_the_table_peak_names_its_dtype_and_source(
-    monkeypatch: pytest.MonkeyPatch, precision: str, key: str, tflops: float
-) -> None:
+def test_the_table_peak_names_its_dtype_and_source(precision: str, key: str, tflops: float) -> None:
     h100 = hardware.H100_SXM
     info = dataclasses.replace(describe(CPU), name=h100.name, peak_flops=dict(h100.peak_flops), spec_source=h100.source)
-    monkeypatch.setattr(throughput, "describe", lambda device: info)
-    peak = resolve_peak(torch.device("cuda", 0), precision)
-    assert peak.flops == tflops * 1e12 and peak.source == h100.source
+    peak = resolve_peak(torch.device("cuda", 0), precision, info=info)
+    assert peak.flops == tflops * 1e12
+    assert peak.source == f"{precision} peak of NVIDIA H100 SXM, NVIDIA H100 Tensor Core GPU datasheet"
     assert peak.line == f"MFU against {tflops:.1f} TFLOP/s, the {key} peak of {h100.name} (source: {h100.source})."
 
 

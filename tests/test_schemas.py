@@ -17,6 +17,21 @@ RECORD = json.loads((ROOT / "tests" / "data" / "json_schemas.json").read_text())
 
 
 def written(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    if name == "tangtoc.advise":
+        # A workload with an op no FLOP formula covers (an FFT), so advice.uncounted[] has its fields too.
+        out = tmp_path / "a.json"
+        factory = f"{ROOT / 'tests' / 'advise_factories.py'}:fnet_style"
+        argv = ["advise", "--factory", factory, "--batch-size", "4", "--target", "h100"]
+        main([*argv, "--steps", "10", "--min-time", "0.01", "--threads", "1", "--json", str(out)])
+        return json.loads(out.read_text())
+    if name in ("tangtoc.audit", "tangtoc.profile"):
+        # A script with findings of every kind (audit) and with data waits (profile), so every list has items.
+        script = ROOT / "examples" / ("sync_heavy.py" if name == "tangtoc.audit" else "profile/input_bound.py")
+        main([name.split(".")[1], str(script), "--steps", "2", "--json", str(tmp_path / "r.json")])
+        return json.loads((tmp_path / "r.json").read_text())
+    if name == "tangtoc.train":
+        main(["train", "mlp", "--steps", "4", "--log-every", "2", "--no-save", "--threads", "1", "--json"])
+        return json.loads(capsys.readouterr().out)
     if name == "tangtoc.bench":
         main(["bench", "small-ops", "--op-sizes", "100", "--min-time", "0.01", "--json", str(tmp_path / "b.json")])
         return json.loads((tmp_path / "b.json").read_text())

@@ -12,8 +12,8 @@ from rich.console import Console
 from torch import nn
 from torch.nn import functional as F
 
+from tangtoc.console import ProgressBar, _draws_live
 from tangtoc.train import FitEvent, fit
-from tangtoc.train.metrics import ProgressBar, _draws_live
 
 
 def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -30,7 +30,10 @@ def test_off_a_terminal_each_log_point_prints_one_line_as_it_happens(capsys: pyt
 
     fit(nn.Linear(4, 2), _batches(6), loss_fn=F.mse_loss, steps=6, log_every=2, device="cpu", callbacks=[at_log_point])
     assert [len(s.splitlines()) for s in seen] == [1, 1, 1]
-    line = r"train step {}/6 \| loss \d+\.\d{{4}} \| [\d,]+ samples/s \| \d+\.\d s elapsed\n"
+    # On the CPU no peak is published: the line says why there is no MFU.
+    no_mfu = r"MFU n/a: no published fp32 peak for .+ \(cpu\) in tangtoc's hardware table"
+    head = r"train step {}/6 \| loss \d+\.\d{{4}} \| lr 0\.001 \| [\d,]+ samples/s \| "  # lr: the default optimizer's
+    line = head + no_mfu + r" \| \d+\.\d s elapsed\n"
     for step, text in zip((2, 4, 6), seen, strict=True):
         assert re.fullmatch(line.format(step), text), text
 
@@ -105,3 +108,11 @@ def test_fit_reports_the_share_of_time_spent_waiting_for_batches(
     result = fit(torch.nn.Linear(3, 2), batches, loss_fn=F.cross_entropy, steps=8, log_every=4, progress=False)
     assert result.data_wait_share == pytest.approx(share)
     assert all(r["data_wait_share"] == pytest.approx(share) for r in result.history if r["kind"] == "train")
+
+
+def test_each_log_line_shows_mfu_with_the_peak_and_its_source(capsys: pytest.CaptureFixture[str]) -> None:
+    fit(nn.Linear(4, 2), _batches(4), loss_fn=F.mse_loss, steps=4, log_every=2, device="cpu", peak_flops=2e12)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert re.search(r" \| MFU \d+\.\d% of 2\.0 TFLOP/s \(peak_flops= given by the user\) \| ", line), line

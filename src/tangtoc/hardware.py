@@ -86,6 +86,29 @@ H200_NVL = _spec(
     141,
     "NVIDIA H200 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h200/)",
 )
+_GH200_SRC = "NVIDIA GH200 Grace Hopper Superchip datasheet (nvidia.com/en-us/data-center/grace-hopper-superchip/)"
+# The Hopper GPU of the superchip, as its datasheet prints it (dense | sparse: 494 | 989 TF32, 990 | 1,979 BF16).
+_GH200_FLOPS = {"float64": 67, "float32": 67, "tf32": 494, "bfloat16": 990, "float16": 990, "float8": 1979}
+GH200 = _spec("NVIDIA GH200 96GB HBM3", _GH200_FLOPS, 4000, 96, _GH200_SRC, note="GPU memory only (HBM3)")
+GH200_HBM3E = _spec("NVIDIA GH200 144GB HBM3e", _GH200_FLOPS, 4900, 144, _GH200_SRC, note="GPU memory only")
+B200 = _spec(
+    "NVIDIA B200",
+    # Per GPU of an HGX B200 (1,000 W); the page prints tensor rates with sparsity, halved here.
+    {"float64": 37, "float32": 75, "tf32": 1100, "bfloat16": 2250, "float16": 2250, "float8": 4500},
+    7700,
+    180,
+    "NVIDIA HGX platform page, HGX B200 specifications per GPU (nvidia.com/en-us/data-center/hgx/)",
+    note="NVIDIA revised FP32/FP64 from 80/40 to 75/37 TFLOP/s and memory from 192 GB at 8 TB/s; these are the "
+    "current figures. The GB200's B200 (up to 1,200 W) is faster and is not this entry",
+)
+L40S = _spec(
+    "NVIDIA L40S",
+    # Dense figures as printed (BF16 362.05; the sparse one, 733, is not quite twice it).
+    {"float32": 91.6, "tf32": 183, "bfloat16": 362.05, "float16": 362.05, "float8": 733},
+    864,
+    48,
+    "NVIDIA L40S GPU datasheet (nvidia.com/en-us/data-center/l40s/)",
+)
 L4 = _spec(
     "NVIDIA L4",
     {"float32": 30.3, "tf32": 60, "bfloat16": 121, "float16": 121, "float8": 242.5},
@@ -121,6 +144,10 @@ A10G = _spec(
 # (words that must all occur in the lower-cased torch.cuda.get_device_name(), spec); first match wins,
 # so more specific names come first. Memory size separates the A100 variants.
 _TABLE: tuple[tuple[tuple[str, ...], HardwareSpec], ...] = (
+    (("gh200", "hbm3e"), GH200_HBM3E),  # "gh200" is a word of its own: never taken for an H200
+    (("gh200",), GH200),  # "NVIDIA GH200 480GB" (the Grace CPU's memory) is the 96 GB HBM3 part
+    (("b200",), B200),  # whole words: a "GB200" is not this part
+    (("l40s",), L40S),
     (("h200", "nvl"), H200_NVL),
     (("h200",), H200_SXM),
     (("h100", "nvl"), H100_NVL),
@@ -147,6 +174,10 @@ BY_SHORT_NAME: Mapping[str, HardwareSpec] = MappingProxyType(
         "h100-nvl": H100_NVL,
         "h200": H200_SXM,
         "h200-nvl": H200_NVL,
+        "gh200": GH200,
+        "gh200-hbm3e": GH200_HBM3E,
+        "b200": B200,
+        "l40s": L40S,
         "l4": L4,
         "t4": T4,
         "rtx4090": RTX_4090,

@@ -13,9 +13,13 @@ from typing import Any
 
 #: name -> version. Raise a version when a field is removed, renamed or changes meaning.
 SCHEMAS: dict[str, int] = {
+    "tangtoc.advise": 1,
+    "tangtoc.audit": 1,
     "tangtoc.bench": 1,
     "tangtoc.doctor": 1,
     "tangtoc.gpu_check": 1,  # benchmarks/gpu_check.py writes it without importing tangtoc; a test keeps them equal
+    "tangtoc.profile": 1,
+    "tangtoc.train": 1,
 }
 
 

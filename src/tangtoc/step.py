@@ -231,7 +231,8 @@ def work_counter(model: nn.Module, first_batch: Any) -> Counter:
     first 2-D integer tensor ``(batch, time)``; with an ``attention_mask`` beside them, padding is left out by
     summing the mask on the device (a 0-dim tensor, read with the loss at the log point: no sync). FLOPs come from
     the model's ``flops_per_token(seq_len)`` (for every position, padding included: it is computed) or
-    ``flops_per_sample()``; a model with neither gets 0, and MFU is then not reported.
+    ``flops_per_sample()``; a model with neither gets 0 here, and fit and the trainer callbacks then count its
+    FLOPs with PyTorch's FLOP counter, once per batch shape (:class:`tangtoc.flops.ShapeFlops`).
     """
     ids_of, mask = _token_ids(first_batch)
     per_token = getattr(model, "flops_per_token", None)

@@ -3,10 +3,10 @@
 The loop tells :class:`Meter` where its steps and micro-batches begin and end; the meter counts the work from the
 batches' shapes (:func:`tangtoc.step.work_counter`, the rule ``fit`` counts with) and reads the clock at step
 boundaries. **FLOPs** come from the model's own ``flops_per_token`` / ``flops_per_sample`` when it declares them;
-otherwise the first micro-batch of each new batch shape runs under PyTorch's FLOP counter
-(``torch.utils.flop_counter.FlopCounterMode``: forward and backward, every matmul, convolution and attention), and
-the count is cached by shape. **MFU** is those FLOPs per second over the device's published peak for the
-precision, with the peak's source (:func:`resolve_peak`); where no peak is published, MFU is not reported.
+otherwise the first micro-batch of each new batch shape runs under PyTorch's FLOP counter, and the count is cached
+by shape (:class:`tangtoc.flops.ShapeFlops`, as in ``fit``). **MFU** is those FLOPs per second over the device's
+published peak for the precision, with the peak's source (:func:`tangtoc.flops.resolve_peak`); where no peak is
+published, MFU is not reported.
 
 Timing: each clean step adds the time since the previous step's end (data loading and the loop's own overhead
 included). Steps that were instrumented (audited, FLOP-counted) are left out, with their work, as is time spent
@@ -16,79 +16,21 @@ once (fetching any token count kept on it), so the interval covers the work done
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from tangtoc.clock import now
-from tangtoc.device import describe, synchronize
-from tangtoc.move import fetch, named_tensors
-from tangtoc.step import Counter, peak_key, work_counter
-from tangtoc.units import fmt_flops
+from tangtoc.device import synchronize
+from tangtoc.flops import PEAK_ENV, Peak, Shape, ShapeFlops, resolve_peak
+from tangtoc.move import fetch
+from tangtoc.step import Counter, work_counter
 
-PEAK_ENV = "TANGTOC_PEAK_TFLOPS"
-PRECISIONS = ("bf16", "fp16", "tf32", "fp32", "fp64")
-_GIVE = " (give peak_flops= or $TANGTOC_PEAK_TFLOPS to report it)."
-Shape = tuple[tuple[str, tuple[int, ...]], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Peak:
-    """The peak FLOP/s that MFU divides by, and where it comes from; ``flops`` is ``None`` when none is known, and
-    ``line`` then says why MFU is not reported."""
-
-    flops: float | None
-    source: str
-    line: str
-
-
-def resolve_peak(device: torch.device, precision: str | None, override: float | None = None) -> Peak:
-    """The peak for ``precision`` (``"bf16"``, ``"fp16"``, ``"tf32"``, ``"fp32"``, ``"fp64"``; ``None`` for one the
-    table has no peak for, such as FP8) on ``device``: ``override`` (FLOP/s) if given, else ``$TANGTOC_PEAK_TFLOPS``
-    (TFLOP/s), else tangtoc's hardware table (:func:`tangtoc.describe`), which cites each part's datasheet."""
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if override is None and os.environ.get(PEAK_ENV):
-        raw = os.environ[PEAK_ENV]
-        try:
-            override = float(raw) * 1e12
-        except ValueError as e:
-            raise ValueError(f"{PEAK_ENV} must be a number of TFLOP/s, e.g. 989.5, got {raw!r}.") from e
-        source = f"${PEAK_ENV}={raw}"
-    else:
-        source = "peak_flops= given by the user"
-    if override is not None:
-        if not (math.isfinite(override) and override > 0):
-            raise ValueError(f"the peak must be a positive number of FLOP/s, got {override!r}.")
-        return Peak(override, source, f"MFU against {fmt_flops(override)} ({source}).")
-    if precision is None:
-        return Peak(None, "none", f"the trainer's precision has no peak in tangtoc's table: MFU is not reported{_GIVE}")
-    info = describe(device)
-    peaks = info.peak_flops
-    key = peak_key(
-        "fp32" if precision == "fp64" else precision, peaks, dtype="float64" if precision == "fp64" else None
-    )
-    flops = peaks.get(key) if peaks else None
-    if flops is None or info.spec_source is None:
-        return Peak(
-            None,
-            "none",
-            f"no published {precision} peak for {info.name} ({device}) in tangtoc's hardware table: MFU is not "
-            f"reported{_GIVE}",
-        )
-    line = f"MFU against {fmt_flops(flops)}, the {key} peak of {info.name} (source: {info.spec_source})."
-    return Peak(flops, info.spec_source, line)
-
-
-def shape_of(batch: Any) -> Shape:
-    """What the FLOPs of a step depend on: every tensor's path and shape."""
-    return tuple((path, tuple(t.shape)) for path, t in named_tensors(batch))
+# The peak's rule lives in tangtoc.flops, shared with fit; it is named here too, where the callbacks import it.
+__all__ = ["PEAK_ENV", "Meter", "Peak", "resolve_peak"]
 
 
 @dataclass(slots=True)
@@ -106,16 +48,15 @@ class _Work:
 
 
 class Meter:
-    """Counts one loop's work and time; see the module docstring. ``peak`` from :func:`resolve_peak`; ``clock`` is
-    injectable for tests."""
+    """Counts one loop's work and time; see the module docstring. ``peak`` from
+    :func:`~tangtoc.flops.resolve_peak`; ``clock`` is injectable for tests."""
 
     def __init__(self, device: torch.device, peak: Peak, clock: Callable[[], float] = now) -> None:
         self.device = device
         self.peak = peak
         self.clock = clock
-        self.flops_by_shape: dict[Shape, float] = {}
+        self.shapes = ShapeFlops()
         self._counter: Counter | None = None
-        self._counting: tuple[FlopCounterMode, Shape] | None = None
         self._counted = False  # a micro-batch of the step under way ran under the counter
         self._step = _Work()  # the micro-batches of the step under way
         self._interval = _Work()
@@ -123,9 +64,14 @@ class Meter:
         self._since: float | None = None  # the step boundary the next step's time counts from
 
     @property
+    def flops_by_shape(self) -> dict[Shape, float]:
+        """The FLOPs counted so far, per batch shape."""
+        return self.shapes.by_shape
+
+    @property
     def counting(self) -> bool:
         """Whether the FLOP counter is running (the micro-batch under way has a shape not seen before)."""
-        return self._counting is not None
+        return self.shapes.counting
 
     def step_start(self) -> None:
         if self._since is None:  # the first step, or the first after evaluation, a checkpoint or an instrumented one
@@ -137,27 +83,19 @@ class Meter:
             self._counter = work_counter(model, batch)
         samples, tokens, flops = self._counter(batch)
         self._step.add(_Work(samples, tokens, flops))
-        if flops or self.peak.flops is None or self._counting is not None:
+        if flops or self.peak.flops is None or self.shapes.counting:
             return  # declared by the model; or no peak, so no MFU to count for; or already counting
-        shape = shape_of(batch)
-        known = self.flops_by_shape.get(shape)
-        if known is not None:
+        known = self.shapes.start(batch)
+        if known is None:  # a new shape: the counter runs until batch_end
+            self._counted = True
+        else:
             self._step.flops += known
-            return
-        mode = FlopCounterMode(display=False)
-        mode.__enter__()
-        self._counting = (mode, shape)
-        self._counted = True
 
     def batch_end(self) -> None:
         """The micro-batch's backward is done: stop the FLOP counter if it runs, and cache its count."""
-        if self._counting is None:
-            return
-        mode, shape = self._counting
-        self._counting = None
-        mode.__exit__(None, None, None)
-        self.flops_by_shape[shape] = float(mode.get_total_flops())
-        self._step.flops += self.flops_by_shape[shape]
+        counted = self.shapes.stop()
+        if counted is not None:
+            self._step.flops += counted
 
     def step_end(self, instrumented: bool) -> None:
         """One optimizer step done. A step that was ``instrumented`` (audited) or FLOP-counted is left out of the
@@ -207,6 +145,4 @@ class Meter:
 
     def close(self) -> None:
         """Stop the FLOP counter if a step was cut short (an error)."""
-        if self._counting is not None:
-            mode, self._counting = self._counting[0], None
-            mode.__exit__(None, None, None)
+        self.shapes.close()

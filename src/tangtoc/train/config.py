@@ -10,8 +10,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from torch.optim.lr_scheduler import LRScheduler
+
 from tangtoc.step import PRECISIONS, LossFrom
 from tangtoc.train.distributed import DEFAULT_TIMEOUT_S, STRATEGIES
+from tangtoc.train.schedule import SchedulerFactory, check_scheduler_arg
 
 PrecisionName = Literal["auto", "bf16", "fp16", "fp32"]
 StrategyName = Literal["auto", "ddp", "fsdp"]
@@ -71,6 +74,18 @@ class FitConfig:
         default=None,
         metadata=doc("Clip the global gradient norm to this value; the mean norm before clipping is logged."),
     )
+    scheduler: LRScheduler | SchedulerFactory | None = field(
+        default=None,
+        metadata=doc(
+            "A learning-rate schedule: a ``torch.optim.lr_scheduler`` scheduler built on ``optimizer``, or a "
+            "function ``optimizer -> scheduler`` (needed when fit() builds the optimizer), such as "
+            ":func:`~tangtoc.train.schedule.warmup_cosine` (linear warmup, then cosine decay to the end of the run). "
+            "Stepped once per optimizer step (not per micro-batch of ``grad_accum``), also for a step the GradScaler "
+            "or ``on_nonfinite='skip'`` skipped, so step n always trains at the schedule's value for step n; saved "
+            "in checkpoints and restored on resume. The ``lr`` in each train record is the one its step used. "
+            "``None``: the optimizer's learning rate, constant."
+        ),
+    )
     log_every: int = field(
         default=10, metadata=doc("Steps per log interval: the one point where the host reads losses and rates.")
     )
@@ -122,6 +137,18 @@ class FitConfig:
             "a log file, a batch job) one line per log point and per evaluation."
         ),
     )
+    peak_flops: float | None = field(
+        default=None,
+        metadata=doc(
+            "The device's peak FLOP/s that MFU divides by (for all the ranks: this, times the number of processes). "
+            "``None``: ``$TANGTOC_PEAK_TFLOPS`` (in TFLOP/s) if set, else tangtoc's hardware table for the device "
+            "and precision (each part's datasheet; none for a CPU). Every train record and the result carry the peak "
+            "and its source (``peak_flops``, ``peak_source``); without one, MFU is not reported and ``peak_source`` "
+            "says why. FLOPs come from the model's ``flops_per_token`` / ``flops_per_sample``, or, for any other "
+            "model, from PyTorch's FLOP counter on the first micro-batch of each new batch shape (that step, "
+            "slowed by the counter, is left out of the rates; see :mod:`tangtoc.flops`)."
+        ),
+    )
     log_dir: Path | SameAsCheckpoints | None = field(
         default=SAME_AS_CHECKPOINTS,
         metadata=doc(
@@ -138,13 +165,29 @@ class FitConfig:
             "full copy of the model per rank, gradients all-reduced, DDP's ``no_sync`` on the micro-steps of "
             '``grad_accum``. ``"fsdp"``: FSDP2 ``fully_shard`` on each block of the model\'s ``nn.ModuleList`` '
             "objects and on the root, for models that do not fit one device (the model stays sharded after fit() "
-            "returns; its full weights are in the checkpoint). A :class:`~tangtoc.data.ResidentLoader` built "
-            "without a shard is sharded by rank in place; any other ``data`` must already yield this rank's share "
-            "(e.g. a ``DataLoader`` with a ``DistributedSampler``). Each rank's loss is the mean over its batch "
+            "returns; its full weights are in the checkpoint). Each rank trains on its share of ``data`` (see "
+            "``shard_data``). Each rank's loss is the mean over its batch "
             "and the gradients are averaged over the ranks, so equal per-rank batches of ``b`` train as one batch "
             "of ``world_size * b``. Only rank 0 draws the progress bar and writes metrics and checkpoints (which "
             "every rank reads to resume: put ``checkpoint_dir`` on a filesystem all machines share). A SIGTERM to "
             'any rank stops every rank at the next log point (see ``on_preempt``). Single process: ``"auto"``.'
+        ),
+    )
+    shard_data: bool = field(
+        default=True,
+        metadata=doc(
+            "Under torchrun, give each rank its share of ``data``: a :class:`~tangtoc.data.ResidentLoader` built "
+            "without a shard is sharded by rank in place (``eval_data``'s too); a ``DataLoader`` over a map-style "
+            "data set with the default sampler is made again with a ``DistributedSampler`` (its ``shuffle`` "
+            "becomes the sampler's, seeded by the loader's ``generator`` or 0, the same on every rank; "
+            "``drop_last`` also drops the samples that do not divide among the ranks, which are otherwise "
+            "repeated; batch size, ``collate_fn``, workers and the rest kept), so ``epochs=`` counts passes over "
+            "the whole data set; one that already has a ``DistributedSampler`` for this rank is kept. A "
+            "``DataLoader`` that cannot be split safely (an ``IterableDataset``, a custom sampler or batch "
+            "sampler, a subclass) is refused, with the fix. Each epoch, ``set_epoch`` is called on the loader's "
+            "sampler, so shuffling changes each epoch and a resumed run sees the same batches. ``eval_data`` as "
+            "a ``DataLoader`` is evaluated whole on every rank (correct, if redundant). Other iterables (a list, a "
+            "generator) are used as they are. ``False``: ``data`` is used as it is, already this rank's share."
         ),
     )
     dist_timeout_s: float = field(
@@ -170,9 +213,19 @@ class FitConfig:
         _positive_int("steps", self.steps, allow_none=True)
         _positive_int("epochs", self.epochs, allow_none=True)
         _choice("precision", self.precision, PRECISIONS)
+        if self.peak_flops is not None and (
+            isinstance(self.peak_flops, bool)
+            or not isinstance(self.peak_flops, (int, float))
+            or not 0 < self.peak_flops < float("inf")
+        ):
+            raise ValueError(
+                "fit: peak_flops must be the device's peak in FLOP/s, a number > 0 (e.g. 989.5e12 for an H100 in "
+                f"bf16), or None to look it up, got {self.peak_flops!r}."
+            )
         _positive_int("grad_accum", self.grad_accum)
         if self.clip_grad is not None and (isinstance(self.clip_grad, bool) or not self.clip_grad > 0):
             raise ValueError(f"fit: clip_grad must be a number > 0 or None, got {self.clip_grad!r}.")
+        check_scheduler_arg(self.scheduler)
         _positive_int("log_every", self.log_every)
         _positive_int("eval_every", self.eval_every, allow_none=True)
         _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
@@ -184,6 +237,8 @@ class FitConfig:
                 f"fit: checkpoint_every={self.checkpoint_every} needs somewhere to write; pass checkpoint_dir=."
             )
         _choice("strategy", self.strategy, STRATEGIES)
+        if not isinstance(self.shard_data, bool):
+            raise ValueError(f"fit: shard_data must be True or False, got {self.shard_data!r}.")
         if isinstance(self.dist_timeout_s, bool) or not (
             isinstance(self.dist_timeout_s, (int, float)) and self.dist_timeout_s > 0
         ):

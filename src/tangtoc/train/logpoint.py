@@ -4,15 +4,21 @@ The hot loop keeps each micro-batch's loss on the device (detached, 0-dim) and, 
 gradient norm. :func:`read_interval` stacks them, finds the first non-finite step loss and averages on the device,
 and reads everything with one :func:`tangtoc.fetch`: one transfer and one sync per log interval. In a distributed
 run, the per-step losses, the work counts and the preemption flag ride one all-reduce.
+
+On a CUDA device, :class:`GpuUsage` adds NVML's view of the GPU at the same point (utilisation, memory used): NVML
+reads no tensor and queues no work, so it adds no sync.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from tangtoc.move import fetch
+from tangtoc.telemetry import _handle, _nvml
 from tangtoc.train.distributed import Distributed
 from tangtoc.train.metrics import Interval
 
@@ -83,3 +89,58 @@ def read_interval(
         if bad_index < n:  # only with on_nonfinite="raise": "skip" never keeps a non-finite loss
             bad = (int(bad_index), float(bad_value))
     return Reading(loss, last, bad, float(fetched[-1]) if grad_norms else None, bool(stop))
+
+
+class GpuUsage:
+    """NVML's utilisation and memory of fit's GPU, for each log record: ``gpu_util_pct`` (the share of NVML's last
+    sample period, up to a second, in which a kernel ran) and ``gpu_memory_used_bytes`` (the device's, every
+    process's, as ``nvidia-smi`` shows it; ``peak_memory_bytes`` is this process's tensors). Nothing on a device
+    that is not CUDA, without ``nvidia-ml-py`` or without a driver; a value this GPU does not report is left out.
+
+    NVML is initialised at the first read and shut down by :meth:`close`, not at every log point (initialising it
+    can take milliseconds). ``nvml`` replaces ``pynvml`` (tests).
+    """
+
+    def __init__(self, device: torch.device, nvml: Any = None) -> None:
+        self._device = device
+        self._nvml = nvml
+        self._handle: Any = None
+        self._off = device.type != "cuda"
+
+    def read(self) -> dict[str, int]:
+        if self._off:
+            return {}
+        if self._handle is None and not self._open():
+            return {}
+        nvml, handle, out = self._nvml, self._handle, {}
+        with contextlib.suppress(Exception):  # NVMLError_NotSupported and kin: this GPU does not report it
+            out["gpu_util_pct"] = int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        with contextlib.suppress(Exception):
+            out["gpu_memory_used_bytes"] = int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+        return out
+
+    def _open(self) -> bool:
+        self._off = True  # unless NVML answers below: then never asked again
+        nvml = self._nvml or _nvml()
+        if nvml is None:
+            return False
+        try:
+            nvml.nvmlInit()
+        except Exception:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...: no usage, nothing else changes
+            return False
+        index = self._device.index if self._device.index is not None else torch.cuda.current_device()
+        try:
+            self._handle = _handle(nvml, index)
+        except Exception:  # a GPU that NVML does not list
+            with contextlib.suppress(Exception):
+                nvml.nvmlShutdown()
+            return False
+        self._nvml, self._off = nvml, False
+        return True
+
+    def close(self) -> None:
+        """Shut NVML down if a read initialised it."""
+        if self._handle is not None:
+            self._handle = None
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()

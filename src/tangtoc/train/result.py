@@ -50,7 +50,9 @@ class FitResult:
     wall_time_s: float  # this call, set-up and evaluation included
     samples_per_s: float | None
     tokens_per_s: float | None
-    mfu: float | None  # fraction of the device's published peak for this precision
+    mfu: float | None  # FLOPs per second over peak_flops (times world_size); None without a peak
+    peak_flops: float | None  # one device's peak FLOP/s that MFU divides by (see fit's peak_flops=)
+    peak_source: str  # where peak_flops comes from (a datasheet, the user, $TANGTOC_PEAK_TFLOPS), or why there is none
     data_wait_share: float | None  # fraction of the steady training time spent waiting for batches (this rank's)
     peak_memory_bytes: int | None  # CUDA only: torch.cuda.max_memory_allocated
     strategy: str  # "single", "ddp" or "fsdp"
@@ -87,6 +89,8 @@ def build_result(run: Run, *, plot: bool) -> FitResult:
         samples_per_s=summary.get("samples_per_s"),
         tokens_per_s=summary.get("tokens_per_s"),
         mfu=summary.get("mfu"),
+        peak_flops=run.peak.flops,
+        peak_source=run.peak.source,
         data_wait_share=summary.get("data_wait_share"),
         peak_memory_bytes=torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None,
         strategy=run.strategy or "single",

@@ -23,21 +23,24 @@ import torch
 from torch import nn
 
 from tangtoc.clock import Stopwatch, now
-from tangtoc.device import describe
-from tangtoc.move import fetch, to_device
-from tangtoc.step import LossFn, LossRule, OptimizerFactory, default_optimizer, resolve_precision, work_counter
-from tangtoc.train.batches import BatchStream, shard_resident
-from tangtoc.train.checkpoint import RunState, newest_checkpoint, prepare_checkpoint_dir, restore_run, save_run
-from tangtoc.train.config import FitConfig
-from tangtoc.train.distributed import Distributed
-from tangtoc.train.errors import (
+from tangtoc.console import ProgressBar
+from tangtoc.device import synchronize
+from tangtoc.errors import (
     NonFiniteLossError,
     TorchOutOfMemoryError,
     TrainingOutOfMemoryError,
 )
-from tangtoc.train.logpoint import read_interval
-from tangtoc.train.metrics import Interval, MetricsLog, ProgressBar, Record, rates
+from tangtoc.flops import ShapeFlops, resolve_peak
+from tangtoc.move import fetch, to_device
+from tangtoc.step import LossFn, LossRule, OptimizerFactory, default_optimizer, resolve_precision, work_counter
+from tangtoc.train.batches import BatchStream, shard_data, shard_resident
+from tangtoc.train.checkpoint import RunState, newest_checkpoint, prepare_checkpoint_dir, restore_run, save_run
+from tangtoc.train.config import FitConfig
+from tangtoc.train.distributed import Distributed
+from tangtoc.train.logpoint import GpuUsage, read_interval
+from tangtoc.train.metrics import Interval, MetricsLog, Record, rates
 from tangtoc.train.result import Callback, FitEvent, FitResult, build_result
+from tangtoc.train.schedule import build_scheduler, first_step
 from tangtoc.train.signals import PreemptionHandler
 from tangtoc.train.strategies import (
     build_optimizer,
@@ -83,15 +86,20 @@ class Run:
         self.no_sync = micro_step_context(wrapped) if config.grad_accum > 1 else None
         self.eval_data = eval_data
         self.callbacks = callbacks
-        info = describe(device)
-        peak = self.precision.peak_flops(info.peak_flops)
-        self.peak_flops = peak * self.world_size if peak else None  # MFU of all the ranks' devices together
-        if parallel is not None:
-            shard_resident(data, parallel.rank, parallel.world_size, "data")
-            shard_resident(eval_data, parallel.rank, parallel.world_size, "eval_data")
+        # The peak MFU divides by, with its source; FLOPs a model does not declare are counted once per batch
+        # shape, when there is a peak to divide them by (tangtoc.flops).
+        self.peak = resolve_peak(device, self.precision, config.peak_flops)
+        self.peak_flops = self.peak.flops * self.world_size if self.peak.flops else None  # all the ranks' devices
+        self.shapes = ShapeFlops() if self.peak.flops else None
+        self.left_out_since = 0.0  # when the step left out of the rates (it counts FLOPs) began
+        self.usage = GpuUsage(device)  # NVML's utilisation and memory for the log records, where NVML is
+        if parallel is not None and config.shard_data:
+            data = shard_data(data, parallel, "data")
+            shard_resident(eval_data, parallel.rank, parallel.world_size, "eval_data")  # a DataLoader: whole
         self.batches = BatchStream(data, device)
-        self.state = RunState(self.model, self.optimizer, self.scaler, self.batches, device, parallel)
-        self.total_steps = self._total_steps(data)
+        self.total_steps = self._total_steps(data)  # after sharding: an epoch is one pass over every rank's share
+        self.scheduler = build_scheduler(config.scheduler, self.optimizer, self.total_steps)
+        self.state = RunState(self.model, self.optimizer, self.scaler, self.batches, device, parallel, self.scheduler)
         self.step = 0
         self.start_step = 0
         self.last_logged = 0
@@ -186,6 +194,9 @@ class Run:
         self.watch.lap()  # the first interval starts here, set-up excluded
         with contextlib.ExitStack() as stack:
             stack.callback(self.log.close)
+            stack.callback(self.usage.close)
+            if self.shapes is not None:
+                stack.callback(self.shapes.close)  # a step cut short by an error leaves no FLOP counter running
             stack.enter_context(self.precision.math())
             preempt = stack.enter_context(PreemptionHandler()) if cfg.checkpoint_dir is not None else None
             bar = stack.enter_context(ProgressBar(self.total_steps, self.step, cfg.progress and self.rank == 0))
@@ -221,8 +232,17 @@ class Run:
         skip = cfg.on_nonfinite == "skip"
         params = [p for p in model.parameters() if p.requires_grad] if clip is not None else []
         count = None
+        shapes, tally = self.shapes, interval  # tally: where the work goes (a scratch Interval while left out)
         parallel, quiet, last = self.parallel, self.no_sync, accum - 1
         rule, forward = self.rule, self.forward
+        scheduler = self.scheduler
+
+        def first_lr_step() -> None:
+            nonlocal advance
+            first_step(scheduler)  # type: ignore[arg-type]  # set only with a scheduler
+            advance = scheduler.step  # type: ignore[union-attr]
+
+        advance: Callable[[], None] | None = first_lr_step if scheduler is not None else None
 
         def first(batch: Any) -> torch.Tensor:
             nonlocal compute
@@ -250,19 +270,26 @@ class Run:
             for i in range(accum):
                 started = now()
                 batch = next(batches)
-                interval.data_wait_s += now() - started  # the data wait: host time in the iterator (tangtoc.clock)
+                tally.data_wait_s += now() - started  # the data wait: host time in the iterator (tangtoc.clock)
                 if count is None:
                     count = work_counter(model, batch)
                 samples, tokens, flops = count(batch)
+                if shapes is not None and not flops:  # FLOPs the model does not declare: counted once per shape
+                    flops = shapes.start(batch)
+                    if flops is None:  # a new shape, under the counter: out of the rates to the step's end
+                        tally = self._leave_out() if tally is interval else tally
+                        flops = 0.0
                 self.batch_size = samples  # for the out-of-memory message
-                interval.samples += samples
-                interval.tokens += tokens
-                interval.flops += flops
+                tally.samples += samples
+                tally.tokens += tokens
+                tally.flops += flops
                 if quiet is not None and i < last:
                     with quiet():  # DDP: accumulate locally; the last micro-step's backward all-reduces
                         micro_step(batch)
                 else:
                     micro_step(batch)
+                if tally is not interval:
+                    shapes.stop()  # type: ignore[union-attr]  # the backward is done: the shape's count is cached
             if skip and not self._finite(torch.stack(pending[-accum:]).sum()):
                 del pending[-accum:]
                 optimizer.zero_grad(set_to_none=True)
@@ -278,7 +305,9 @@ class Run:
                 else:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            interval.steps += 1
+            tally.steps += 1
+            if tally is not interval:
+                tally = self._rejoin()
             self.step = step
             requested = preempt is not None and preempt.requested is not None
             saving = ckpt_every is not None and step % ckpt_every == 0
@@ -287,6 +316,10 @@ class Run:
             # the flag rides the all-reduce the losses need anyway (no collective per step).
             if step % log_every == 0 or step == self.total_steps or saving or (requested and parallel is None):
                 stopping = self._log_point(bar, requested)
+            # After the log point, which logs the rate this step used; before a checkpoint, which must hold the
+            # schedule's position after this step. Once per optimizer step, whether or not it was skipped.
+            if advance is not None:
+                advance()
             if saving or stopping:
                 self._save()
             if eval_every is not None and step % eval_every == 0 and self.eval_data is not None:
@@ -294,6 +327,20 @@ class Run:
             if stopping:
                 self.preempted = True
                 return
+
+    def _leave_out(self) -> Interval:
+        """Leave the step under way out of the rates, from its micro-batch of a new batch shape (run under PyTorch's
+        FLOP counter, which slows it) to its end; returns the scratch interval its work goes to. The device is
+        synchronized first, so that the work queued before is timed in: one sync per new shape."""
+        synchronize(self.device)
+        self.left_out_since = now()
+        return Interval()
+
+    def _rejoin(self) -> Interval:
+        """The left-out step is done: once its work is, its time is the interval's ``left_out_s``."""
+        synchronize(self.device)
+        self.interval.left_out_s += now() - self.left_out_since
+        return self.interval
 
     def _finite(self, loss_sum: torch.Tensor) -> bool:
         """Whether this step's loss is finite (on_nonfinite="skip"): one sync per step, and in a distributed run
@@ -333,6 +380,8 @@ class Run:
         if isinstance(lr, float):
             record["lr"] = lr
         record.update(rates(self.interval, seconds, self.peak_flops))
+        record["peak_flops"], record["peak_source"] = self.peak.flops, self.peak.source  # one device's
+        record.update(self.usage.read())
         if self.device.type == "cuda":
             record["peak_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
         if self.skipped:
