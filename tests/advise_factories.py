@@ -106,3 +106,49 @@ def nanogpt_style() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
 
     ids = torch.randint(0, 64, (4, 16))
     return Tiny(), (ids, (ids + 1) % 64)
+
+
+class LstmClassifier(nn.Module):
+    """Text classification as tutorials write it: embed the tokens, run an LSTM, classify its last hidden state."""
+
+    def __init__(self, vocab: int = 100, embed: int = 16, hidden: int = 32, classes: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(self.embed(ids))
+        return self.head(h[-1])
+
+
+def lstm_classifier(batch_size: int = 16) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], object]:
+    """The LSTM classifier on token ids of 12 steps: a factory that takes --batch-size."""
+    torch.manual_seed(0)
+    return (
+        LstmClassifier(),
+        (torch.randint(0, 100, (batch_size, 12)), torch.randint(0, 4, (batch_size,))),
+        F.cross_entropy,
+    )
+
+
+def fnet_style(batch_size: int = 8) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], object]:
+    """FNet's token mixing (the real part of a 2-D FFT in place of attention): an op with no FLOP formula."""
+
+    class FNetBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.norm = nn.Embedding(100, 16), nn.LayerNorm(16)
+            self.ff, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x = self.embed(ids)
+            x = self.norm(x + torch.fft.fft2(x).real)
+            return self.head(F.gelu(self.ff(x)).mean(1))
+
+    torch.manual_seed(0)
+    return FNetBlock(), (torch.randint(0, 100, (batch_size, 12)), torch.randint(0, 4, (batch_size,))), F.cross_entropy
+
+
+def ignores_batch_size(batch_size: int = 16) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], object]:
+    return good()  # takes the parameter, and builds its batch at 16 whatever it is given

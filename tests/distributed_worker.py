@@ -107,3 +107,52 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def run_sampler() -> None:
+    """DataLoaders under 2 ranks (launched as ``python -c "...run_sampler()"``, not through main(), so that it
+    needs no scenario there): one over a map-style data set with shuffle=True, trained for 2 epochs with a
+    warmup_cosine, printing ``rank R saw {json}`` (the sample ids of each epoch, the steps, the last learning rate);
+    then one over an IterableDataset, printing ``rank R refused: <fit's message>``. One process group for both fits
+    (made here, so fit() leaves it alone)."""
+    import json
+
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    from tangtoc.train.schedule import warmup_cosine
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(1, 3)
+            self.seen: list[int] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen += [int(v) for v in x[:, 0].tolist()]  # the sample ids this rank trains on
+            return self.linear(x)
+
+    class Stream(IterableDataset):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter([(torch.ones(1), torch.tensor(0))] * 6)
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        rank = dist.get_rank()
+        ids = torch.arange(24, dtype=torch.float32)[:, None]
+        data = TensorDataset(ids, torch.zeros(24, dtype=torch.long))
+        loader = DataLoader(data, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(5))
+        model = Recorder()
+        result = fit(model, loader, loss_fn=F.cross_entropy, epochs=2, scheduler=warmup_cosine(2), progress=False,
+                     device="cpu")  # fmt: skip
+        epochs = [model.seen[:12], model.seen[12:]]
+        last_lr = result.history[-1]["lr"]  # the cosine's floor if it ends with the run's steps, as sharded
+        print(f"rank {rank} saw {json.dumps({'epochs': epochs, 'steps': result.step, 'last_lr': last_lr})}", flush=True)
+        try:
+            fit(Recorder(), DataLoader(Stream(), batch_size=3), loss_fn=F.cross_entropy, steps=2, progress=False,
+                device="cpu")  # fmt: skip
+        except ValueError as e:
+            print(f"rank {rank} refused: {e}", flush=True)
+    finally:
+        dist.destroy_process_group()

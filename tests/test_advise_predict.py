@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -97,6 +99,8 @@ def test_the_copied_batch_adds_its_transfer() -> None:
         ("matmul", "float32", "fp32", FAKE, "float32"),  # PyTorch's default: FP32 matmuls
         ("matmul", "float32", "tf32", FAKE, "tf32"),
         ("conv", "float32", "fp32", FAKE, "tf32"),  # cuDNN's default: TF32 convolutions
+        ("rnn", "float32", "fp32", FAKE, "tf32"),  # and TF32 recurrent layers, under the same flag
+        ("rnn", "bfloat16", "bf16", FAKE, "bfloat16"),
         ("attention", "float32", "tf32", FAKE, "float32"),
         ("matmul", "bfloat16", "bf16", FAKE, "bfloat16"),
         ("matmul", "bfloat16", "fp16", NO_BF16, "float16"),  # no bf16 tensor cores: fp16 autocast
@@ -127,7 +131,8 @@ def test_every_prediction_carries_its_assumptions_and_source() -> None:
     p = predict(_step([OpCall("aten.mm", "matmul", "float32", 1e9, 1e6, 1)]), "h100")
     assert p.target == "h100" and p.hardware == "NVIDIA H100 SXM" and "datasheet" in p.source
     text = " ".join(p.assumptions)
-    assert "60% of the published dense peak" in text and "10 us of host time per op" in text and "PCIe Gen5" in text
+    host = f"{Assumptions().launch_overhead_s * 1e6:g} us of host time per op"
+    assert "60% of the published dense peak" in text and host in text and "PCIe Gen5" in text
     d = p.to_dict()
     assert d["kind"] == "predicted" and d["limited_by"] == p.limited_by and d["assumptions"]
 
@@ -162,3 +167,25 @@ def test_bad_requests_say_what_is_known(kwargs: dict, error: type, message: str)
 def test_assumptions_are_validated(field: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Assumptions(**{field: value})
+
+
+# The H200's launch-bound rows of the first GPU check, data resident (benchmarks/RESULTS.md, the `advise` rows;
+# each row's kernels counted and measured median step as that run's advise_check.json recorded them).
+H200_CHECK = Path(__file__).parents[1] / "benchmarks" / "gpu" / "2026-11-30-h200" / "advise_check.json"
+H200_LAUNCH_BOUND = [
+    (f"{row['model']} {row['precision']}", row["kernels"], row["measured_s"])
+    for row in json.loads(H200_CHECK.read_text())["rows"]
+    if row["limited_by"] == "launch overhead" and row["data"] == "resident"
+]
+
+
+def test_the_h200_rows_are_the_six_launch_bound_resident_steps() -> None:
+    assert len(H200_LAUNCH_BOUND) == 6
+
+
+@pytest.mark.parametrize(("row", "kernels", "measured_s"), H200_LAUNCH_BOUND)
+def test_the_default_host_time_per_kernel_predicts_the_h200_launch_bound_rows_within_1_5x(
+    row: str, kernels: int, measured_s: float
+) -> None:
+    predicted_s = kernels * Assumptions().launch_overhead_s  # launch-bound: the host's time is the step's
+    assert 1 / 1.5 <= predicted_s / measured_s <= 1.5, row

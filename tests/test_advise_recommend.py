@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from advise_factories import fnet_style
 from tangtoc.advise import measure as advise_measure
-from tangtoc.advise import recommend
 from tangtoc.advise.count import batch_size_of
 from tangtoc.advise.decide import Crossover, GpuOption, LinearFit, decide, find_crossover
 from tangtoc.advise.recommend import Advice, advise, job_steps_of, resolve_targets
@@ -167,6 +167,7 @@ def test_targets() -> None:
     assert resolve_targets(["auto", "t4", "T4"], [h200]) == [(h200.name, h200), ("t4", BY_SHORT_NAME["t4"])]
     with pytest.raises(ValueError, match="unknown target GPU 'h1000'; known: auto, a100"):
         resolve_targets(["h1000"], [])
+    assert resolve_targets([FAKE, "t4"], []) == [("Fake GPU", FAKE), ("t4", BY_SHORT_NAME["t4"])]  # a part of one's own
 
 
 # -- advise() with injected CPU timings and a made-up GPU -----------------------------------------------------------
@@ -177,43 +178,50 @@ FAKE = HardwareSpec(
 PER_SAMPLE_S = 50e-6  # the fake CPU: 50 us per sample, no fixed cost
 
 
-@pytest.fixture
-def fake_cpu(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """CPU steps take PER_SAMPLE_S x batch; the GPU 'fake' is predicted (no GPU is measured)."""
-    seen: list[int] = []
+class FakeCpu:
+    """A step measurer for advise(): CPU steps take PER_SAMPLE_S x batch; it records the batch sizes asked for."""
 
-    def fake_measure_step(model: Any, batch: Any, device: Any, **kw: Any) -> Measurement:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def __call__(self, model: Any, batch: Any, device: Any, **kw: Any) -> Measurement:
         b = batch_size_of(batch)
-        seen.append(b)
+        self.seen.append(b)
         return Measurement((PER_SAMPLE_S * b,) * 3, 1, str(device), "fake")
 
-    monkeypatch.setattr(recommend, "measure_step", fake_measure_step)
-    monkeypatch.setattr(recommend, "BY_SHORT_NAME", {**BY_SHORT_NAME, "fake": FAKE})
-    return seen
 
-
-def _advise_mlp(batch: int) -> Advice:
+def _advise_mlp(batch: int, measurer: FakeCpu) -> Advice:
+    """advise() on the fake CPU, predicting the made-up GPU (no GPU is measured)."""
     torch.manual_seed(0)
     x, y = torch.randn(batch, 32), torch.randint(0, 10, (batch,))
-    return advise(MLP(MLPConfig()), (x, y), loss_fn=F.cross_entropy, steps=10_000_000, targets=["fake"], devices=[])
+    return advise(
+        MLP(MLPConfig()),
+        (x, y),
+        loss_fn=F.cross_entropy,
+        steps=10_000_000,
+        targets=[FAKE],
+        devices=[],
+        measurer=measurer,
+    )
 
 
-def test_advise_stays_on_the_cpu_left_of_the_crossover_and_names_it(fake_cpu: list[int]) -> None:
-    small = _advise_mlp(2)
-    gpu_s = small.predicted[0].copied_s  # launch-bound: about 30 kernels x 10 us, whatever the batch
+def test_advise_stays_on_the_cpu_left_of_the_crossover_and_names_it() -> None:
+    fake_cpu = FakeCpu()
+    small = _advise_mlp(2, fake_cpu)
+    gpu_s = small.predicted[0].copied_s  # launch-bound: its kernels x the host time per kernel, whatever the batch
     expected = next(b for b in (4, 8, 16, 32, 64, 128) if PER_SAMPLE_S * b > gpu_s)
     assert small.verdict == "cpu", small.recommendation
     assert "launch overhead dominates" in small.recommendation
     assert f"the GPU wins from batch size >= {expected} (predicted)" in small.recommendation
     assert small.crossover is not None and small.crossover.batch_size == expected
-    assert fake_cpu[:2] == [2, 4]  # the CPU measured at the batch and at a second size for the fit
+    assert fake_cpu.seen[:2] == [2, 4]  # the CPU measured at the batch and at a second size for the fit
 
 
-def test_advise_moves_to_the_gpu_right_of_the_crossover(fake_cpu: list[int]) -> None:
-    big = _advise_mlp(256)
+def test_advise_moves_to_the_gpu_right_of_the_crossover() -> None:
+    big = _advise_mlp(256, FakeCpu())
     assert big.verdict == "gpu", big.recommendation
-    assert re.search(r"use the GPU \(fake, predicted\): ~\d+x faster per step", big.recommendation)
-    assert "the GPU figures are predictions for fake, not measurements" in " ".join(big.notes)
+    assert re.search(r"use the GPU \(Fake GPU, predicted\): ~\d+x faster per step", big.recommendation)
+    assert "the GPU figures are predictions for Fake GPU, not measurements" in " ".join(big.notes)
     assert [m.batch_size for m in big.measured] == [256, 64]
     json.loads(to_json(big.to_dict()))  # everything serialises
 
@@ -277,3 +285,14 @@ def test_the_link_is_measured_from_memory_that_holds_data(monkeypatch: pytest.Mo
     monkeypatch.setattr(advise_measure, "host_buffer", spy)
     assert advise_measure.measure_link("cpu", nbytes=1 << 16) > 0
     assert made == [1 << 16]
+
+
+def test_ops_the_count_cannot_see_are_named_with_their_share_of_the_cpu_step() -> None:
+    """FNet's FFT has no FLOP formula: the advice names it, times it in a CPU step, and warns in its notes."""
+    model, batch, loss_fn = fnet_style(batch_size=4)
+    advice = advise(model, batch, loss_fn=loss_fn, targets=[FAKE], devices=[], measurer=FakeCpu())  # type: ignore[arg-type]
+    [fft] = advice.uncounted
+    assert fft.op == "aten._fft_c2c" and fft.calls == 2 and fft.cpu_s > 0 and 0 < fft.share <= 1
+    assert any(n.startswith("no FLOP formula for aten._fft_c2c (") for n in advice.notes), advice.notes
+    data = json.loads(to_json(advice.to_dict()))
+    assert data["uncounted"][0]["op"] == "aten._fft_c2c" and data["uncounted"][0]["share_of_cpu_step"] == fft.share

@@ -91,7 +91,6 @@ def test_a_module_that_fails_on_import_shows_its_traceback(tmp_path: Path, capsy
         (["--target", "h1000"], r"unknown target GPU 'h1000'; known: auto, a100"),
         (["--size", "huge"], "unknown mlp size 'huge'; the sizes are: large, small, mini, tiny"),
         (["--batch-size", "0"], "batch_size must be an int >= 1, got 0"),
-        (["--threads", "0"], "threads must be an int >= 1, got 0"),
         (["--launch-us", "-1"], r"launch_overhead_s must be >= 0"),
         (["--factory", "x:y", "gpt"], "--factory replaces the built-in model"),
         (["--json", "/proc/no/such/dir/a.json"], "--json: cannot create the folder /proc/no/such/dir"),
@@ -147,3 +146,61 @@ def test_models_that_return_their_loss_are_advised(factory: str, capsys: pytest.
     assert main(["advise", "--factory", factory, "--steps", "10", "--target", "h100", *FAST]) == 0
     out = capsys.readouterr().out
     assert "Recommendation:" in out and "Counted per step" in out and "batch 4" in out
+
+
+@pytest.mark.usefixtures("factories_on_path")
+def test_batch_size_is_passed_to_a_factory_that_takes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's LSTM classifier at the batch asked for: its recurrent FLOPs are counted, not 0."""
+    out_json = tmp_path / "lstm.json"
+    argv = ["advise", "--factory", "advise_factories:lstm_classifier", "--batch-size", "8", "--steps", "10"]
+    assert main([*argv, "--target", "h100", "--json", str(out_json), *FAST]) == 0
+    assert "batch 8" in capsys.readouterr().out
+    data = json.loads(out_json.read_text())
+    assert (data["schema"], data["schema_version"]) == ("tangtoc.advise", 1)
+    ops = {o["op"]: o for o in data["advice"]["count"]["ops"]}
+    lstm = ops.get("aten.mkldnn_rnn_layer") or ops["aten.mm"]  # oneDNN's one op, or the per-step matmuls
+    assert lstm["flops"] > 0 and lstm["flops_counted"] and data["advice"]["uncounted"] == []
+
+
+@pytest.mark.usefixtures("factories_on_path")
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (
+            "advise_factories:good",
+            r"--batch-size: advise_factories:good\(\) has no batch_size parameter, so its example batch decides the "
+            r"batch size\. Fix: drop --batch-size, or give the factory one \(def good\(batch_size=16\)",
+        ),
+        (
+            "advise_factories:ignores_batch_size",
+            r"--batch-size 4: advise_factories:ignores_batch_size\(batch_size=4\) returned an example batch of 16",
+        ),
+    ],
+)
+def test_batch_size_a_factory_cannot_honour_is_refused(
+    factory: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["advise", "--factory", factory, "--batch-size", "4", *FAST]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(message, err), err
+
+
+def test_a_json_that_cannot_be_written_after_the_run_keeps_the_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The path was writable when checked, before the work; by the end a folder stands there (any change to the
+    disk during a long run): the advice is printed, the failure said, exit 1, no traceback."""
+    target = tmp_path / "advice.json"
+    script = tmp_path / "workload.py"
+    script.write_text(
+        "import pathlib, torch, torch.nn.functional as F\n"
+        "def make():\n"
+        f"    pathlib.Path({str(target)!r}).mkdir()  # the file's path becomes a folder during the run\n"
+        "    return torch.nn.Linear(8, 3), (torch.randn(16, 8), torch.randint(0, 3, (16,))), F.cross_entropy\n"
+    )
+    assert main(["advise", "--factory", f"{script}:make", "--steps", "10", "--json", str(target), *FAST]) == 1
+    captured = capsys.readouterr()
+    assert "Recommendation:" in captured.out and f"wrote {target}" not in captured.out
+    err = " ".join(captured.err.split())
+    assert f"tangtoc advise: error: refusing to write {target}: it is a folder" in err, err
+    assert "The advice is above." in err and "Traceback" not in err

@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 from torch.nn import functional as F
 from torch.optim.optimizer import _global_optimizer_post_hooks
 
 import tangtoc as tt
+from tangtoc.cli import main
 from tangtoc.diagnose import Audit, StopAudit, audit, mark_step
 from tangtoc.diagnose.audit_report import AuditReport
+from tangtoc.diagnose.runner import run_script
 from tangtoc.errors import TangtocError
 
 SOURCE = Path(__file__).read_text().splitlines()
@@ -444,8 +447,45 @@ def test_an_optimizer_calling_super_step_is_one_step_per_call() -> None:
 
 
 def test_the_trainers_nan_inf_check_gets_its_own_fix() -> None:
-    from tangtoc.diagnose.audit_report import EventKey, _library_advice
+    from tangtoc.diagnose.audit_findings import _library_advice
+    from tangtoc.diagnose.audit_report import EventKey
 
     key = EventKey("sync", "bool", None, cpu_only=True, via="transformers.trainer.Trainer._run_epoch")
     _, fix = _library_advice(key, "why", "generic")
     assert fix.endswith("`TrainingArguments(logging_nan_inf_filter=False)` removes these syncs")
+
+
+def test_a_report_reads_as_what_tangtoc_audit_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "sync_heavy.py"
+    assert main(["audit", str(example), "--steps", "3"]) == 0
+    cli = capsys.readouterr().out
+    cli = cli[cli.index("tangtoc audit: ") :]  # after the script's own prints
+    a = audit(steps=3)
+    assert run_script(example, [], a).status == 0
+    report = a.report()
+    assert report.text(script=str(example)) + "\n" == cli
+    # Without the script's name, the same report: print(report), a rich console and a notebook cell show it.
+    assert str(report).splitlines()[1:] == cli.splitlines()[1:]
+    assert str(report).startswith("tangtoc audit: 3 step(s) (steps end at optimizer.step()); model on cpu\n")
+    console = Console(record=True, width=10_000)
+    console.print(report)
+    assert console.export_text() == f"{report}\n"
+    assert report._repr_html_().startswith("<pre>tangtoc audit: 3 step(s)") and "AuditReport(" not in str(report)
+    assert "x[bool mask]" in str(report) and "why: " in str(report) and "fix: " in str(report)
+
+
+def test_a_report_says_when_the_code_ended_before_the_steps_asked_and_when_it_was_interrupted() -> None:
+    with audit(steps=5) as a:
+        model = nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            model(torch.ones(1, 2)).sum().backward()
+            opt.step()
+    report = a.report()
+    assert report.steps_asked == 5 and report.to_dict()["steps_asked"] == 5
+    assert "2 step(s) (steps end at optimizer.step(); the script ended after 2 of 5 steps)" in str(report)
+    assert "(steps end at optimizer.step(); PARTIAL: interrupted after 2 of 5 steps)" in report.text(interrupted=True)
+    with audit() as unlimited:
+        model(torch.ones(1, 2)).sum().backward()
+        opt.step()
+    assert "1 step(s) (steps end at optimizer.step()); model on cpu" in str(unlimited.report())

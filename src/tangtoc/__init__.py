@@ -6,6 +6,8 @@ batch = tt.to_device(batch, device)     # dicts, lists, namedtuples, dataclasses
 loss_v, acc_v = tt.fetch(loss, acc)     # many scalars, one transfer, one sync
 m = tt.measure(fn, device=device)       # synchronized, warmed up, median and IQR
 tt.fit(model, loader, steps=1000)       # resumable, preemption-safe, one sync per log interval
+tt.fit(model, loader, steps=1000, scheduler=tt.warmup_cosine(100))  # linear warmup, cosine to the end
+with tt.no_sync(): step()               # fails at the first host-device sync, naming the line
 """
 
 from tangtoc.advise import Advice, advise
@@ -20,6 +22,7 @@ from tangtoc.diagnose import (
     check_devices,
     device_guard,
     explain,
+    no_sync,
     profile,
 )
 from tangtoc.errors import (
@@ -27,11 +30,12 @@ from tangtoc.errors import (
     DeviceUnavailableError,
     InvalidDeviceError,
     MixedDevicesError,
+    SyncError,
     TangtocError,
     UnmovableError,
 )
 from tangtoc.move import as_tensor, device_of, fetch, named_tensors, pin, to_cpu, to_device, to_numpy
-from tangtoc.train import CheckpointError, FitResult, NonFiniteLossError, TrainingOutOfMemoryError, fit
+from tangtoc.train import CheckpointError, FitResult, NonFiniteLossError, TrainingOutOfMemoryError, fit, warmup_cosine
 
 __version__ = "0.1.0"
 
@@ -51,6 +55,7 @@ __all__ = [
     "NonFiniteLossError",
     "Prefetcher",
     "ResidentLoader",
+    "SyncError",
     "TangtocError",
     "TrainingOutOfMemoryError",
     "UnmovableError",
@@ -68,6 +73,7 @@ __all__ = [
     "fit",
     "measure",
     "named_tensors",
+    "no_sync",
     "pick_device",
     "pin",
     "profile",
@@ -76,4 +82,5 @@ __all__ = [
     "to_cpu",
     "to_device",
     "to_numpy",
+    "warmup_cosine",
 ]

@@ -1,6 +1,7 @@
 """Should this training run on a GPU? (seed 7.1) Measured where possible, predicted where not.
 
-* :mod:`~tangtoc.advise.count`: FLOPs, bytes and kernels of one training step, counted on fake tensors;
+* :mod:`~tangtoc.advise.count`: FLOPs, bytes and kernels of one training step, counted on fake tensors, with
+  the FLOP formulas of :mod:`~tangtoc.advise.formulas` (PyTorch's, and recurrent layers');
 * :mod:`~tangtoc.advise.predict`: a roofline and launch-overhead prediction of that step on a named GPU;
 * :mod:`~tangtoc.advise.measure`: the step fit runs, timed here, and the host-to-device link;
 * :mod:`~tangtoc.advise.recommend`: :func:`advise` measures the step on the CPU and every accelerator here,
@@ -13,7 +14,7 @@
 
 from tangtoc.advise.count import CountingMode, OpCall, StepCount, count_step
 from tangtoc.advise.decide import Crossover, LinearFit, MeasuredStep
-from tangtoc.advise.measure import measure_step
+from tangtoc.advise.measure import StepMeasurer, UncountedOp, measure_step
 from tangtoc.advise.predict import Assumptions, Prediction, predict
 from tangtoc.advise.recommend import Advice, Check, advise
 from tangtoc.errors import CountError
@@ -30,6 +31,8 @@ __all__ = [
     "OpCall",
     "Prediction",
     "StepCount",
+    "StepMeasurer",
+    "UncountedOp",
     "advise",
     "count_step",
     "measure_step",

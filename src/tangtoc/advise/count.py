@@ -4,7 +4,10 @@
 backward, optimizer) and records, per call,
 
 * **FLOPs** from PyTorch's own formulas (``torch.utils.flop_counter``'s registry: matmuls, convolutions,
-  attention); every other op counts 0 FLOPs, which is right for the memory-bound elementwise ops they are;
+  attention) and tangtoc's for recurrent layers (:mod:`~tangtoc.advise.formulas`); every other op counts 0 FLOPs,
+  which is right for the memory-bound ops most are (elementwise, reductions, copies). The few that compute
+  without a formula (an FFT, a decomposition, a custom op) are marked ``counted=False``: their FLOPs are missing,
+  and :meth:`StepCount.uncounted` names them;
 * **bytes**: what the op reads and writes, the sum of its tensor inputs and outputs (a broadcast input counts
   its stored elements once; an in-place op that returns nothing counts what it writes);
 * **kernels**: one per op that does work. Views and metadata-only ops (``view``, ``t``, ``detach``,
@@ -32,65 +35,15 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import flop_registry
 
+from tangtoc.advise.formulas import aten_ops, flop_free, flops_of, kind_of
 from tangtoc.errors import CountError
 from tangtoc.move import map_tensors, named_tensors, to_device
 from tangtoc.step import LossFn, LossFrom, LossRule, OptimizerFactory, Precision, batch_size_of, default_optimizer
 
-aten = torch.ops.aten
-
-
-def _ops(*names: str) -> frozenset[Any]:
-    # By name, skipping any this PyTorch lacks: the set of attention kernels grows from release to release, and
-    # importing tangtoc must not fail on an older one.
-    return frozenset(getattr(aten, n) for n in names if hasattr(aten, n))
-
-
-MATMUL_OPS = _ops("mm", "addmm", "bmm", "baddbmm", "_scaled_mm")
-CONV_OPS = _ops(
-    "convolution",
-    "_convolution",
-    "convolution_backward",
-    "cudnn_convolution",
-    "_slow_conv2d_forward",
-    "convolution_overrideable",
-)
-ATTENTION_OPS = _ops(
-    "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_flash_attention_backward",
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_efficient_attention_backward",
-    "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_cudnn_attention_backward",
-    "_flash_attention_forward",
-    "_flash_attention_backward",
-    "_efficient_attention_forward",
-    "_efficient_attention_backward",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_flash_attention_for_cpu_backward",
-)
-
-
-# The CPU's fused attention is what fake CPU tensors run where CUDA runs flash / memory-efficient attention. The
-# registry has no formula for it, but its arguments start like the CUDA kernels' (query, key, value / grad_out,
-# query, key, value), and the formulas read only those shapes.
-def _flop_formulas() -> dict[Any, Callable[..., int]]:
-    formulas = dict(flop_registry)
-    for cpu, cuda in (
-        ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention"),
-        ("_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention_backward"),
-    ):
-        if hasattr(aten, cpu) and hasattr(aten, cuda) and getattr(aten, cuda) in flop_registry:
-            formulas.setdefault(getattr(aten, cpu), flop_registry[getattr(aten, cuda)])
-    return formulas
-
-
-_FLOPS = _flop_formulas()
-
-# Ops that launch no kernel although they are not views: metadata, allocation without initialisation and the
-# host-side read of a scalar. (Ops outside the aten namespace, such as the profiler's markers, are skipped too.)
-_NO_KERNEL = _ops(
+# Ops that launch no kernel although they are not views: metadata (in-place ones included), allocation without
+# initialisation and the host-side read of a scalar.
+_NO_KERNEL = aten_ops(
     "_unsafe_view",
     "detach",
     "lift_fresh",
@@ -108,7 +61,17 @@ _NO_KERNEL = _ops(
     "set_",
     "resize_",
     "_has_compatible_shallow_copy_type",
+    "t_",
+    "transpose_",
+    "swapdims_",
+    "squeeze_",
+    "unsqueeze_",
+    "as_strided_",
 )
+# Namespaces of ops that launch nothing: TorchScript's metadata reads (prim::device) and the profiler's markers
+# (record_function). Other namespaces (a library's custom kernels) are counted: they launch kernels, with no
+# FLOP formula.
+_MARKERS = ("prim", "profiler")
 
 # multi_tensor_apply (ATen/native/cuda/MultiTensorApply.cuh): one launch holds at most this many tensors per
 # list depth, and at most _FOREACH_BLOCKS chunks of _FOREACH_CHUNK elements.
@@ -127,6 +90,8 @@ class OpCall:
     flops: float
     bytes: float
     kernels: int
+    # False: the op computes but no formula counts its FLOPs (an FFT, a custom op): ``flops`` is 0 and too low
+    counted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +104,7 @@ class OpSummary:
     flops: float
     bytes: float
     kernels: int
+    counted: bool = True
 
 
 class Totals:
@@ -189,10 +155,16 @@ class StepCount(Totals):
                 sum(c.flops for c in cs),
                 sum(c.bytes for c in cs),
                 sum(c.kernels for c in cs),
+                cs[0].counted,
             )
             for op, cs in groups.items()
         ]
         return sorted(rows, key=lambda r: (-r.flops, -r.bytes))
+
+    def uncounted(self) -> list[OpSummary]:
+        """The ops whose FLOPs no formula counts (see :mod:`~tangtoc.advise.formulas`), the most bytes first: the
+        count, and a prediction from it, miss their arithmetic."""
+        return [r for r in sorted(self.by_op(), key=lambda r: -r.bytes) if not r.counted]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,20 +177,18 @@ class StepCount(Totals):
             "bytes": self.bytes,
             "kernels": self.kernels,
             "ops": [
-                {"op": r.op, "kind": r.kind, "calls": r.calls, "flops": r.flops, "bytes": r.bytes, "kernels": r.kernels}
+                {
+                    "op": r.op,
+                    "kind": r.kind,
+                    "calls": r.calls,
+                    "flops": r.flops,
+                    "bytes": r.bytes,
+                    "kernels": r.kernels,
+                    "flops_counted": r.counted,
+                }
                 for r in self.by_op()
             ],
         }
-
-
-def _kind(packet: Any) -> str:
-    if packet in MATMUL_OPS:
-        return "matmul"
-    if packet in CONV_OPS:
-        return "conv"
-    if packet in ATTENTION_OPS:
-        return "attention"
-    return "other"
 
 
 def footprint(t: torch.Tensor) -> int:
@@ -253,10 +223,15 @@ def _dtype(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> str:
     return str(first.dtype).removeprefix("torch.") if first is not None else "none"
 
 
+def op_name(func: Any) -> str:
+    """How an op is named in a count: ``"aten.mm"``, ``"mylib.fused_thing"`` (namespace and overload packet)."""
+    return f"{func.namespace}.{func.overloadpacket.__name__}"
+
+
 def record(func: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> OpCall | None:
     """The :class:`OpCall` for one dispatched op, or ``None`` for an op that launches no kernel."""
     packet = func.overloadpacket
-    if func.namespace not in ("aten", "prims") or func.is_view or packet in _NO_KERNEL:
+    if func.namespace in _MARKERS or func.is_view or packet in _NO_KERNEL:
         return None
     inputs = _tensors((args, kwargs))
     outputs = _tensors(out)
@@ -265,17 +240,17 @@ def record(func: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> 
             i for i, a in enumerate(func._schema.arguments) if a.alias_info is not None and a.alias_info.is_write
         ]
         outputs = _tensors([args[i] for i in written if i < len(args)])
-    formula = _FLOPS.get(packet)
-    flops = float(formula(*args, **kwargs, out_val=out)) if formula is not None else 0.0
+    flops = flops_of(func, tuple(args), kwargs, out)
     # multi_tensor_apply launches: the _foreach_* family and the fused optimizers (_fused_adamw_...)
     kernels = _foreach_kernels(args) if packet.__name__.startswith(("_foreach_", "_fused_")) else 1
     return OpCall(
-        op=f"{func.namespace}.{packet.__name__}",
-        kind=_kind(packet),
+        op=op_name(func),
+        kind=kind_of(packet),
         dtype=_dtype(inputs, outputs),
-        flops=flops,
+        flops=flops or 0.0,
         bytes=float(sum(footprint(t) for t in inputs) + sum(footprint(t) for t in outputs)),
         kernels=kernels,
+        counted=flops is not None or flop_free(func),
     )
 
 
@@ -481,6 +456,7 @@ __all__ = [
     "count_calls",
     "count_step",
     "footprint",
+    "op_name",
     "record",
     "resize_batch",
     "total",

@@ -5,8 +5,9 @@ counted step (:mod:`tangtoc.advise.count`):
 
 * ``device_i = max(flops_i / (peak(dtype) * matmul_efficiency), bytes_i / (bandwidth * memory_efficiency),
   kernels_i * min_kernel_s)``: a roofline bound, and no kernel shorter than the GPU's minimum;
-* ``host_i = kernels_i * launch_overhead_s``: eager PyTorch spends a few microseconds of CPU time per op
-  (Python, dispatcher, autograd, ``cudaLaunchKernel``) before the GPU sees it.
+* ``host_i = kernels_i * launch_overhead_s``: eager PyTorch spends host time on every op (Python, dispatcher,
+  autograd, ``cudaLaunchKernel``) before the GPU sees it; a training step measured on an H200 took about 50 us
+  per counted kernel (:class:`Assumptions` says where that comes from).
 
 The host queues kernels ahead of the GPU (launches are asynchronous and a training step has no sync), so a
 step takes ``max(sum(host_i), sum(device_i))``, not ``sum(max(host_i, device_i))``: a long matmul lets the host
@@ -15,7 +16,8 @@ host link's bandwidth) is added: a pageable copy waits for the GPU, which ends t
 
 Which peak: matmuls in float32 run at the plain FP32 rate by default (PyTorch's
 ``float32_matmul_precision='highest'``) and at the TF32 rate with ``precision='tf32'``; convolutions in float32
-use TF32 in both (cuDNN's ``allow_tf32`` defaults to True); attention kernels in float32 run on CUDA cores.
+use TF32 in both (cuDNN's ``allow_tf32`` defaults to True), and so do cuDNN's recurrent layers (LSTM, GRU);
+attention kernels in float32 run on CUDA cores.
 bfloat16 (autocast) uses the part's bf16 tensor-core rate, or its fp16 rate on parts without bf16 (T4), as fp16
 autocast would.
 """
@@ -67,9 +69,19 @@ class Assumptions:
 
     matmul_efficiency: float = 0.6  # large cuBLAS GEMMs reach 60-75% of the dense peak; small ones less
     memory_efficiency: float = 0.7  # elementwise kernels on large tensors reach 70-90% of HBM bandwidth
-    # Host time per kernel in eager PyTorch: Python, dispatcher, autograd and cudaLaunchKernel, about 5-25 us per
-    # op on a server CPU; 10 us is the middle of what small-model GPU steps show (a few hundred us for ~30 ops).
-    launch_overhead_s: float = 10e-6
+    # Host time per counted kernel of an eager training step: Python, dispatcher, autograd, cudaLaunchKernel, and
+    # the host work the count does not see (views, autograd bookkeeping, the optimizer's Python), spread over the
+    # kernels. Calibrated on the H200 (benchmarks/RESULTS.md, "GPU: the first measurements", the `advise` rows;
+    # a 16-core Xeon host, torch 2.11): the MLP and CNN steps there are launch-bound, so each was predicted as
+    # kernels x 10 us, and 10 us / (predicted / measured) is the host time per kernel they really took. RESULTS.md
+    # gives the ratios' ranges, MLP 0.17-0.26 and CNN 0.18-0.23 (38-59 us per kernel); that run's
+    # benchmarks/gpu/2026-11-30-h200/advise_check.json has the six resident rows, MLP fp32/TF32/bf16
+    # 0.201/0.201/0.263 and CNN 0.178/0.178/0.193 (22, 22, 37 and 40, 40, 53 kernels): 38-56 us, median 51 us.
+    # With 50 us those rows come out at 0.89-1.32x measured, and GPT-2 124M bf16 (645 kernels: launch-bound at
+    # 32 ms) at 0.85x instead of 0.63x; GPT-2's fp32 and TF32 steps stay compute-bound, unchanged. Fitted to the
+    # rows it is checked against, on one host: a slower host or an older PyTorch costs more per op, a faster one
+    # less (--launch-us).
+    launch_overhead_s: float = 50e-6
     min_kernel_s: float = 2e-6  # the shortest a kernel occupies the GPU, the gap to the next included
     copy_latency_s: float = 10e-6  # fixed cost of each host-to-device copy (one per batch tensor)
     link_bandwidth: float | None = None  # bytes/s of host-to-device copies; None: the part's usual link
@@ -116,7 +128,10 @@ def low_precision(spec: HardwareSpec) -> str:
 def peak_key(call: OpCall, precision: str, spec: HardwareSpec) -> str:
     """The key of ``spec.peak_flops`` that bounds ``call`` under ``precision``: :func:`tangtoc.step.peak_key` for
     the op's kind and dtype (see the module docstring)."""
-    return step_peak_key(precision, spec.peak_flops, dtype=call.dtype, kind=call.kind)
+    # cuDNN runs recurrent layers under the flag it runs convolutions under (torch.backends.cudnn.allow_tf32, True
+    # by default), so a float32 LSTM takes the TF32 rate as a float32 convolution does.
+    kind = "conv" if call.kind == "rnn" else call.kind
+    return step_peak_key(precision, spec.peak_flops, dtype=call.dtype, kind=kind)
 
 
 @dataclass(frozen=True, slots=True)

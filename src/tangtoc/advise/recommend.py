@@ -31,7 +31,7 @@ from tangtoc.advise.decide import (
     decide,
     find_crossover,
 )
-from tangtoc.advise.measure import measure_link, measure_step
+from tangtoc.advise.measure import StepMeasurer, UncountedOp, measure_link, measure_step, time_uncounted
 from tangtoc.advise.predict import Assumptions, Prediction, low_precision, predict
 from tangtoc.device import available_devices, cpu_cores, cpu_model, describe, resolve
 from tangtoc.errors import CountError
@@ -67,7 +67,8 @@ class Advice:
     """The answer of :func:`advise`: what was measured, what was predicted, and the recommendation.
 
     Measured and predicted step times are kept apart (``measured`` / ``predicted``); every prediction carries its
-    assumptions and the source of the peaks it used.
+    assumptions and the source of the peaks it used. ``uncounted`` names the ops whose FLOPs the count misses,
+    with their share of a CPU step: where it is large, the predictions are too fast.
     """
 
     verdict: str  # "gpu" | "gpu-with-changes" | "cpu" | "unknown"
@@ -84,6 +85,7 @@ class Advice:
     count: StepCount | None
     notes: tuple[str, ...] = ()
     machine: dict[str, Any] = field(default_factory=dict)
+    uncounted: tuple[UncountedOp, ...] = ()
 
     @property
     def cpu_step_s(self) -> float:
@@ -120,6 +122,7 @@ class Advice:
             },
             "crossover": self.crossover.to_dict() if self.crossover else None,
             "count": self.count.to_dict() if self.count else None,
+            "uncounted": [u.to_dict() for u in self.uncounted],
             "notes": list(self.notes),
             "machine": dict(self.machine),
         }
@@ -147,10 +150,16 @@ def job_steps_of(
     return n, f"{epochs:g} epochs x {dataset_size:,} samples / batch {batch_size} = {n:,} steps"
 
 
-def resolve_targets(targets: Sequence[str], present: Sequence[HardwareSpec]) -> list[tuple[str, HardwareSpec]]:
-    """``[(label, spec)]`` for target names; ``"auto"`` is each GPU here that the hardware table knows, else h100."""
+def resolve_targets(
+    targets: Sequence[str | HardwareSpec], present: Sequence[HardwareSpec]
+) -> list[tuple[str, HardwareSpec]]:
+    """``[(label, spec)]`` for target names (a :class:`HardwareSpec` is its own, labelled by its name); ``"auto"``
+    is each GPU here that the hardware table knows, else h100."""
     out: list[tuple[str, HardwareSpec]] = []
     for name in targets:
+        if isinstance(name, HardwareSpec):
+            out.append((name.name, name))
+            continue
         key = name.strip().lower()
         if key == "auto":
             out += [(spec.name, spec) for spec in present] or [("h100", BY_SHORT_NAME["h100"])]
@@ -189,7 +198,7 @@ def advise(
     steps: int | None = None,
     epochs: float | None = None,
     dataset_size: int | None = None,
-    targets: Sequence[str] = ("auto",),
+    targets: Sequence[str | HardwareSpec] = ("auto",),
     optimizer: OptimizerFactory | None = None,
     devices: Sequence[torch.device | str] | None = None,
     assumptions: Assumptions | None = None,
@@ -197,6 +206,7 @@ def advise(
     max_time: float = 3.0,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    measurer: StepMeasurer = measure_step,
 ) -> Advice:
     """Should ``model`` train on a GPU? Measure here, predict for ``targets``, and recommend.
 
@@ -208,8 +218,8 @@ def advise(
             an output with ``.loss``, or ``(logits, loss)``), which ``loss_from`` locates where that is ambiguous.
         steps: the job's optimizer steps; or ``epochs`` over ``dataset_size`` samples. Either gives wall times.
         targets: GPUs to predict for, by short name (``"h100"``, ``"a100"``, ``"t4"``, ``"l4"``...; see
-            :data:`tangtoc.hardware.BY_SHORT_NAME`). ``"auto"``: each GPU here (to check the model against a
-            measurement), or the H100 when there is none.
+            :data:`tangtoc.hardware.BY_SHORT_NAME`) or as a :class:`~tangtoc.hardware.HardwareSpec` of your own.
+            ``"auto"``: each GPU here (to check the model against a measurement), or the H100 when there is none.
         optimizer: builds the optimizer from a list of parameters (default: fit's, AdamW lr 1e-3, fused on CUDA).
         devices: accelerators to measure on (default: every one present). The CPU is always measured.
         assumptions: the prediction's efficiencies, launch overhead and link (default :class:`Assumptions`).
@@ -217,6 +227,8 @@ def advise(
         threads: torch's CPU threads while measuring (default: torch's own choice). On a shared machine, fewer
             threads than cores avoid waiting for a descheduled one.
         progress: called with a short description before each stage (the CLI shows it).
+        measurer: times a training step, with :func:`~tangtoc.advise.measure.measure_step`'s signature (the
+            default); tests pass one that returns constructed timings.
     """
     say = progress or (lambda _msg: None)
     assumptions = assumptions or Assumptions()
@@ -240,7 +252,7 @@ def advise(
     for b in (batch_size, second):
         say(f"measuring a training step on the CPU at batch {b}")
         batch_b = example_batch if b == batch_size else resize_batch(to_device(example_batch, "cpu"), batch_size, b)
-        m = measure_step(
+        m = measurer(
             model,
             batch_b,
             "cpu",
@@ -266,6 +278,16 @@ def advise(
     except CountError as e:
         count_error = str(e)
         notes.append(f"no prediction: {e}")
+    # Ops the count has no FLOP formula for: their share of a CPU step says how much the predictions may miss.
+    uncounted: tuple[UncountedOp, ...] = ()
+    if "fp32" in counts and counts["fp32"].uncounted():
+        say("timing the ops without a FLOP formula in one CPU step")
+        uncounted = time_uncounted(model, example_batch, counts["fp32"], cpu_s, **how, threads=threads)  # type: ignore[arg-type]
+        ops = ", ".join(f"{u.op} ({u.share:.0%} of a CPU step)" for u in uncounted)
+        notes.append(
+            f"no FLOP formula for {ops}: the predictions count only the bytes these ops move, so they are too fast "
+            "by whatever those ops compute on the GPU."
+        )
 
     # Then every accelerator, the batch copied every step and resident.
     link_bw: dict[str, float] = {}
@@ -280,7 +302,7 @@ def advise(
         for precision, data in variants:
             say(f"measuring a training step on {d} ({precision}, data {data})")
             try:
-                m = measure_step(
+                m = measurer(
                     model,
                     example_batch,
                     d,
@@ -379,6 +401,7 @@ def advise(
         crossover=crossover,
         count=counts.get("fp32"),
         notes=tuple(notes),
+        uncounted=uncounted,
         machine={
             "cpu_model": cpu_name,
             "cpu_cores": cpu_cores(),

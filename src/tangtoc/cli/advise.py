@@ -1,13 +1,15 @@
 """``tangtoc advise [mlp|cnn|gpt]``: should this training run on a GPU? Measured here, predicted for named GPUs.
 
 The workload is a built-in model (``mlp``, ``cnn``, ``gpt`` with ``--size``) or the user's own, from
-``--factory module:function`` (or ``path/to/file.py:function``): a function of no arguments that returns
-``(model, example_batch)`` or ``(model, example_batch, loss_fn)``. The batch becomes a loss as in ``tt.fit``
+``--factory module:function`` (or ``path/to/file.py:function``): a function that returns ``(model, example_batch)``
+or ``(model, example_batch, loss_fn)``, called with no arguments, or with ``batch_size=`` for ``--batch-size`` (a
+factory without that parameter is refused with it). The batch becomes a loss as in ``tt.fit``
 (:mod:`tangtoc.step`): without a loss_fn the model returns its loss (a tensor, a Hugging Face output with labels
 in a dict batch, or ``(logits, loss)``).
 
-Exit status: 0 advice given, 1 the run failed, 2 usage error (bad flag, a factory that cannot be loaded or
-returns the wrong thing; its own traceback is shown as its own).
+Exit status: 0 advice given, 1 the run failed or ``--json`` could not be written (the advice is still printed), 2
+usage error (bad flag, a factory that cannot be loaded or returns the wrong thing; its own traceback is shown as
+its own). ``--json`` writes a ``tangtoc.advise`` document (docs/JSON.md).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import argparse
 import datetime as dt
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,11 +32,13 @@ from rich.text import Text
 from torch import nn
 
 from tangtoc.advise import Advice, Assumptions, advise
-from tangtoc.cli.args import UsageError, check_writable, seconds
+from tangtoc.cli.args import UsageError, check_writable, finite, seconds, threads
 from tangtoc.cli.render import console, fmt_bytes, fmt_duration, fmt_seconds, to_json
 from tangtoc.diagnose.frames import is_library_file
-from tangtoc.errors import FactoryError, TangtocError
+from tangtoc.errors import FactoryError, OutputError, TangtocError
+from tangtoc.files import write_atomic
 from tangtoc.hardware import BY_SHORT_NAME
+from tangtoc.schemas import stamp
 from tangtoc.step import batch_size_of
 from tangtoc.workloads import EXAMPLE_BATCH, EXAMPLE_SIZE, SIZES, Example, example
 
@@ -54,10 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "minutes per step on a CPU)",
     )
     batches = ", ".join(f"{name} {b}" for name, b in EXAMPLE_BATCH.items())
-    p.add_argument("--batch-size", type=int, help=f"batch size (default: {batches})")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"batch size (default: {batches}); with --factory, passed to the factory's batch_size parameter",
+    )
     p.add_argument("--factory", metavar="MODULE:FUNCTION", help="your workload instead of a built-in one")
     p.add_argument("--steps", type=int, help="optimizer steps of the whole job (default 1000)")
-    p.add_argument("--epochs", type=float, help="epochs of the whole job (with --dataset-size)")
+    p.add_argument("--epochs", type=finite, help="epochs of the whole job (with --dataset-size)")
     p.add_argument("--dataset-size", type=int, help="samples per epoch (with --epochs)")
     p.add_argument(
         "--target",
@@ -66,11 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"GPU to predict for (repeatable): {', '.join(BY_SHORT_NAME)}; default: the GPUs here, else h100",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="write everything measured and predicted")
-    p.add_argument("--threads", type=int, help="CPU threads for torch while measuring (default: torch's choice)")
+    p.add_argument("--threads", type=threads, help="CPU threads for torch while measuring (default: torch's choice)")
     p.add_argument("--min-time", type=seconds, default=0.3, help="seconds measured per configuration (default 0.3)")
     p.add_argument(
         "--launch-us",
-        type=float,
+        type=finite,
         help=f"assumed host time per kernel in microseconds (default {Assumptions().launch_overhead_s * 1e6:g})",
     )
     p.set_defaults(run=run)
@@ -125,8 +135,22 @@ def _import(module: str) -> Any:
             sys.path.remove(os.getcwd())
 
 
-def load_factory(spec: str) -> Example:
-    """Call the user's ``module:function`` and check that it returns ``(model, batch[, loss_fn])``."""
+def _takes_batch_size(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` has a parameter named ``batch_size`` (a ``**kwargs`` catch-all does not count)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or extension function without a signature
+        return False
+    p = params.get("batch_size")
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
+def load_factory(spec: str, batch_size: int | None = None) -> Example:
+    """Call the user's ``module:function`` and check that it returns ``(model, batch[, loss_fn])``.
+
+    With ``batch_size``, the function is called as ``function(batch_size=batch_size)``; one without a
+    ``batch_size`` parameter is refused (its example batch is the only batch size it knows), and so is one whose
+    example batch comes back at another size."""
     module, sep, name = spec.rpartition(":")
     if not sep or not module or not name:
         raise UsageError(f"--factory must look like module:function or path/to/file.py:function, got {spec!r}.")
@@ -138,10 +162,22 @@ def load_factory(spec: str) -> Example:
         raise UsageError(f"--factory: module {module!r} has no attribute {name!r}.{listing}")
     if not callable(fn):
         raise UsageError(f"--factory: {spec} is a {type(fn).__name__}, not a function.")
+    kwargs: dict[str, int] = {}
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
+        if not _takes_batch_size(fn):
+            raise UsageError(
+                f"--batch-size: {spec}() has no batch_size parameter, so its example batch decides the batch size. "
+                f"Fix: drop --batch-size, or give the factory one (def {name}(batch_size=16): ...) and build the "
+                "example batch at that size."
+            )
+        kwargs["batch_size"] = batch_size
+    call = f"{spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     try:
-        made = fn()
+        made = fn(**kwargs)
     except Exception as e:
-        raise FactoryError(f"--factory: {spec}() raised {type(e).__name__}: {e}", _their_traceback(e)) from None
+        raise FactoryError(f"--factory: {call} raised {type(e).__name__}: {e}", _their_traceback(e)) from None
     expected = "expected (model, example_batch) or (model, example_batch, loss_fn)"
     if not isinstance(made, (tuple, list)) or len(made) not in (2, 3):
         got = f"a {type(made).__name__}" + (f" of {len(made)}" if isinstance(made, (tuple, list)) else "")
@@ -155,9 +191,14 @@ def load_factory(spec: str) -> Example:
     if loss_fn is not None and not callable(loss_fn):
         raise UsageError(f"--factory: {spec}()'s loss_fn is a {type(loss_fn).__name__}, not callable; {expected}.")
     try:
-        batch_size_of(batch)
+        size = batch_size_of(batch)
     except ValueError as e:
         raise UsageError(f"--factory: {spec}()'s example batch: {e}") from None
+    if batch_size is not None and size != batch_size:
+        raise UsageError(
+            f"--batch-size {batch_size}: {call} returned an example batch of {size}. Fix: build the example batch "
+            "at the batch_size the factory is given."
+        )
     return Example(model, batch, loss_fn, f"{spec} ({type(model).__name__})")
 
 
@@ -275,6 +316,12 @@ def _render(advice: Advice, workload: Example) -> None:
             f"{fmt_bytes(c.batch_bytes)} in {c.batch_tensors} tensor(s).",
             markup=False,
         )
+    for u in advice.uncounted:
+        out.print(
+            f"  FLOPs not counted: {u.op} ({u.calls} call(s), no FLOP formula; only its {fmt_bytes(u.bytes)} are "
+            f"predicted): {fmt_seconds(u.cpu_s)}, {u.share:.0%} of one CPU step timed op by op.",
+            markup=False,
+        )
     if advice.crossover is not None:
         x, fit = advice.crossover, advice.cpu_fit
         t = Table(title="Where the answer flips", title_justify="left")
@@ -317,8 +364,8 @@ def _render(advice: Advice, workload: Example) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.factory and (args.model or args.size or args.batch_size):
-        raise UsageError("--factory replaces the built-in model; drop the model name, --size and --batch-size.")
+    if args.factory and (args.model or args.size):
+        raise UsageError("--factory replaces the built-in model; drop the model name and --size.")
     # Everything else (sizes, batch, job, targets, threads, launch time) is the library's to validate.
     check_writable(args.json, "--json")
 
@@ -328,7 +375,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
         workload = (
-            load_factory(args.factory) if args.factory else example(args.model or "mlp", args.size, args.batch_size)
+            load_factory(args.factory, args.batch_size)
+            if args.factory
+            else example(args.model or "mlp", args.size, args.batch_size)
         )
         assumptions = Assumptions()
         if args.launch_us is not None:
@@ -385,6 +434,12 @@ def run(args: argparse.Namespace) -> int:
             "workload": workload.description,
             "advice": advice.to_dict(),
         }
-        args.json.write_text(to_json(data) + "\n")
+        try:
+            write_atomic(args.json, to_json(stamp("tangtoc.advise", data)) + "\n")
+        except OutputError as e:
+            # Checked before the work (check_writable), yet the disk or the folder can change during it: the advice
+            # is printed above, and only the file is missing.
+            err.print(f"tangtoc advise: error: {e} The advice is above.", markup=False)
+            return 1
         console().print(f"wrote {args.json}", markup=False)
     return 0

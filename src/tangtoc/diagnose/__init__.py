@@ -8,7 +8,9 @@
 * :func:`audit` — per training step, every cross-device copy, every host-device synchronization and every
   tensor born on the CPU, each at the user's ``file:line``;
 * :func:`profile` — where each training step's wall time goes (data, copies, forward, backward, optimizer, syncs,
-  other host time), and what bounds the step, with the first change to make.
+  other host time), and what bounds the step, with the first change to make;
+* :func:`no_sync` — a region (a test, a hot path) that must not make the host wait for the device: raises at the
+  first sync, naming the call and its line.
 """
 
 from tangtoc.diagnose.audit import Audit, AuditReport, StopAudit, audit, mark_step
@@ -16,9 +18,10 @@ from tangtoc.diagnose.dtypes import DtypeErrorInfo, parse_dtype_error
 from tangtoc.diagnose.explain import DeviceErrorInfo, explain, parse_device_error
 from tangtoc.diagnose.guard import DeviceGuard, OffDeviceInput, device_guard
 from tangtoc.diagnose.mismatch import DeviceReport, Finding, Placement, check_devices
+from tangtoc.diagnose.nosync import NoSync, Sync, no_sync
 from tangtoc.diagnose.profile import Profile, StopProfile, profile
 from tangtoc.diagnose.profile_report import ProfileReport
-from tangtoc.errors import DeviceMismatchError, DtypeMismatchError, GuardError
+from tangtoc.errors import DeviceMismatchError, DtypeMismatchError, GuardError, SyncError, SyncWarning
 
 __all__ = [
     "Audit",
@@ -31,17 +34,22 @@ __all__ = [
     "DtypeMismatchError",
     "Finding",
     "GuardError",
+    "NoSync",
     "OffDeviceInput",
     "Placement",
     "Profile",
     "ProfileReport",
     "StopAudit",
     "StopProfile",
+    "Sync",
+    "SyncError",
+    "SyncWarning",
     "audit",
     "check_devices",
     "device_guard",
     "explain",
     "mark_step",
+    "no_sync",
     "parse_device_error",
     "parse_dtype_error",
     "profile",

@@ -25,7 +25,8 @@ import torch
 
 from tangtoc.device import DeviceLike, resolve
 from tangtoc.diagnose.audit_events import CONVERTERS, Calls, Kernels
-from tangtoc.diagnose.audit_report import AuditReport, EventKey, Events, build_report
+from tangtoc.diagnose.audit_findings import build_report
+from tangtoc.diagnose.audit_report import AuditReport, EventKey, Events
 from tangtoc.diagnose.frames import Loop, enclosing_loop, user_location, user_stack
 from tangtoc.diagnose.intent import Intent
 from tangtoc.diagnose.runner import Steps, StopScript, mark_step
@@ -242,7 +243,10 @@ class Audit:
                     _active = None
 
     def report(self) -> AuditReport:
-        """The findings so far (complete steps only; without any step boundary, the whole run)."""
+        """The findings so far (complete steps only; without any step boundary, the whole run).
+
+        ``print(report)`` (and a notebook cell, and a rich console) shows the text ``tangtoc audit`` prints.
+        """
         steps, current, source = list(self._steps), self._current, self._source
         if self._pending is not None:  # the last backward() ended a step: nothing after it used its gradients
             steps, current, source = [*steps, self._pending], self._current, "backward()"
@@ -258,7 +262,7 @@ class Audit:
             self.device or self._model_device,
             self.intent.named,
         )
-        return replace(report, other_thread_steps=self.steps.other_thread_steps)
+        return replace(report, other_thread_steps=self.steps.other_thread_steps, steps_asked=self.max_steps)
 
 
 def audit(steps: int | None = None, device: DeviceLike | None = None) -> Audit:
@@ -269,6 +273,7 @@ def audit(steps: int | None = None, device: DeviceLike | None = None) -> Audit:
         with tt.audit(steps=20) as a:
             train()                    # stops cleanly after 20 optimizer steps
         report = a.report()            # findings ranked by estimated cost, each at the user's file:line
+        print(report)                  # the text `tangtoc audit` prints; report.to_dict() for JSON
 
     Args:
         steps: stop after this many steps (raising :class:`StopAudit`, which the block swallows), or ``None``

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,12 +29,26 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tangtoc.diagnose.audit_report import EventKey, Place
 from tangtoc.diagnose.calls import CREATION_FUNCTIONS
 from tangtoc.diagnose.frames import Location, caller, is_library_file, library_function, user_location
-from tangtoc.diagnose.intent import names_cpu, tensors_in
-
-if TYPE_CHECKING:
-    from tangtoc.diagnose.audit import Audit
+from tangtoc.diagnose.intent import Intent, names_cpu, tensors_in
 
 Tensor = torch.Tensor
+
+
+class Recorder(Protocol):
+    """What the two layers report to: an :class:`~tangtoc.diagnose.audit.Audit`, or a
+    :func:`~tangtoc.diagnose.nosync.no_sync` guard."""
+
+    intent: Intent
+    stopped: bool  # once true, the layers only run the calls
+    covered: int  # > 0 while a call that the Python layer recorded runs: the aten layer does not count it again
+
+    def record(self, key: EventKey, tensor: Tensor | None) -> None: ...
+
+    def meet(self, sites: frozenset[EventKey], moved: bool, data_only: bool = False) -> None: ...
+
+    def backward(self, func: Any, args: tuple, kwargs: dict, frame: FrameType) -> Any: ...
+
+
 aten = torch.ops.aten
 
 _SYNC_METHODS: dict[Any, str] = {
@@ -198,7 +212,7 @@ def creation_place(frame: FrameType | None) -> Place:
 class Calls(TorchFunctionMode):
     """The Python-level layer: syncing methods, moves, creation functions, ``backward()``."""
 
-    def __init__(self, audit: Audit) -> None:
+    def __init__(self, audit: Recorder) -> None:
         super().__init__()
         self.audit = audit
 
@@ -365,7 +379,7 @@ class Calls(TorchFunctionMode):
 class Kernels(TorchDispatchMode):
     """The aten layer: real copies and syncing kernels the Python layer did not cover, and intent propagation."""
 
-    def __init__(self, audit: Audit) -> None:
+    def __init__(self, audit: Recorder) -> None:
         super().__init__()
         self.audit = audit
 
