@@ -116,6 +116,8 @@ def _info(record: Mapping[str, Any]) -> str:
         parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
     elif "samples_per_s" in record:
         parts.append(f"{record['samples_per_s']:,.0f} samples/s")
-    if "peak_source" in record:  # MFU beside the peak it divides by and that peak's source, or why there is none
+    if "peak_source" in record and record["peak_flops"] is None:
+        parts.append("MFU n/a")  # why (no published peak for this device) is said once, in the run's summary
+    elif "peak_source" in record:  # MFU beside the peak it divides by and that peak's source
         parts.append(mfu_text(record.get("mfu"), record["peak_flops"], record["peak_source"]))
     return " | ".join(parts)
