@@ -331,3 +331,27 @@ def test_library_words_become_flags_but_folder_names_stay() -> None:
         "cannot read /x/checkpoint_dir/a.pt. Fix: another --checkpoint-dir, or start afresh in another "
         "--checkpoint-dir."
     )
+
+
+def test_a_busy_folder_is_worded_in_flags(tmp_path: Path) -> None:
+    import threading
+
+    from tangtoc.cli.train_resume import for_cli
+    from tangtoc.errors import FolderInUseError
+    from tangtoc.train.folderlock import FolderLock
+
+    refused: list[FolderInUseError] = []
+
+    def second_run() -> None:  # another thread: the lock is re-entrant only for the thread that holds it
+        try:
+            FolderLock(tmp_path, "train").release()
+        except FolderInUseError as e:
+            refused.append(e)
+
+    with FolderLock(tmp_path, "train"):
+        t = threading.Thread(target=second_run)
+        t.start()
+        t.join()
+    said = for_cli(str(refused[0]))
+    assert "give this run another folder (--checkpoint-dir), or wait" in said
+    assert "checkpoint_dir" not in said.replace("--checkpoint-dir", "")

@@ -137,6 +137,6 @@ def _busy(directory: Path, doing: str, pid: int | None, host: str | None) -> str
     return (
         f"cannot {doing} in {directory}: {who} is writing there. Two runs in one folder delete each other's "
         "checkpoints and overwrite each other's metrics, so one writer at a time holds it. Fix: give this run "
-        "another folder (checkpoint_dir=, --checkpoint-dir), or wait for that run to end or stop it; to continue "
-        "its training, resume once it has stopped."
+        "another folder (checkpoint_dir (--checkpoint-dir in the CLI)), or wait for that run to end or stop it; "
+        "to continue its training, resume once it has stopped."
     )
