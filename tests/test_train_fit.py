@@ -351,3 +351,30 @@ def test_an_optimizer_of_another_model_is_refused_and_a_partial_one_warned(tmp_p
     frozen = nn.Linear(3, 2).requires_grad_(False)
     with pytest.raises(ValueError, match=r"Linear has no trainable parameters .* nothing to train"):
         fit(frozen, batches, loss_fn=F.cross_entropy, steps=1, progress=False)
+
+
+class _Slow(nn.Module):
+    """A linear layer whose training forward takes at least ``train_s`` and whose evaluation forward ``eval_s``."""
+
+    def __init__(self, train_s: float, eval_s: float) -> None:
+        super().__init__()
+        self.net, self.train_s, self.eval_s = nn.Linear(4, 2), train_s, eval_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.train_s if self.training else self.eval_s)
+        return self.net(x)
+
+
+def test_an_evaluation_between_log_points_keeps_the_training_time_and_leaves_out_its_own() -> None:
+    # Evaluations at steps 3 and 6, log points at 4 and 8: the interval 5-8 holds an evaluation in its middle.
+    # An evaluation used to restart the interval's clock, dropping steps 5-6's time but keeping their work: a
+    # step_time_s below the 20 ms a step sleeps. Sleeps bound the time from below only, so load cannot fail this.
+    batches = [(torch.randn(2, 4), torch.randn(2, 2)) for _ in range(8)]
+    result = fit(_Slow(0.02, 1.0), batches, loss_fn=F.mse_loss, steps=8, log_every=4, eval_data=batches[:1],
+                 eval_every=3, device="cpu", progress=False)  # fmt: skip
+    train = [r for r in result.history if r.get("kind", "train") == "train" and "step_time_s" in r]
+    assert [r["step"] for r in train] == [4, 8]
+    assert all(r["step_time_s"] >= 0.02 for r in train), train
+    assert all(r["step_time_s"] < 0.25 for r in train), train  # the 1 s evaluations are not in it (with: >= 0.27)

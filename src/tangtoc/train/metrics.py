@@ -31,7 +31,7 @@ class Interval:
     tokens: int = 0  # between log points, a 0-dim device tensor when padding is left out (tangtoc.step)
     flops: float = 0.0
     data_wait_s: float = 0.0  # host time inside the data iterator's next(): this rank's, never summed over ranks
-    left_out_s: float = 0.0  # time of the steps that counted FLOPs, whose work is not in these counts either
+    left_out_s: float = 0.0  # evaluations, and steps that counted FLOPs (whose work is not counted either)
 
     def add(self, other: Interval) -> None:
         self.steps += other.steps
@@ -53,7 +53,7 @@ def rates(work: Interval, seconds: float, peak_flops: float | None) -> Record:
     """Step time, samples/s, the share of the time spent waiting for the next batch (as torchtitan logs it: host
     time in the data iterator), tokens/s (when the batches are token ids) and MFU (FLOPs, declared by the model or
     counted, per second over ``peak_flops``; omitted without a peak, never guessed). ``seconds`` is the interval's
-    wall time; the steps that counted FLOPs (``work.left_out_s``) are taken out of it, as their work is."""
+    wall time; evaluations and the steps that counted FLOPs (``work.left_out_s``) are taken out of it."""
     seconds -= work.left_out_s
     if seconds <= 0 or work.steps == 0:
         return {}

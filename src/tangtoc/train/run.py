@@ -410,6 +410,12 @@ class Run:
 
     @torch.no_grad()
     def _evaluate(self, bar: ProgressBar) -> None:
+        # Evaluation is not training: its time goes out of this interval's rates (left_out_s), and the training
+        # steps since the last log point stay in. (Lapping the stopwatch here, at a step that is not a log point,
+        # threw their time away and kept their work, inflating the rates.) The sync times the queued training
+        # work as training; an evaluation ends with a sync anyway, the fetch of its loss.
+        synchronize(self.device)
+        started = now()
         self.model.eval()
         total, n = torch.zeros((), device=self.device), 0
         # The plain model: compiling it again for eval mode would cost more than it saves here.
@@ -437,7 +443,7 @@ class Run:
             )
             mean = summed[0] / summed[1]
         (value,) = fetch(mean)
-        self.watch.lap()  # evaluation time is not training time: keep it out of the next interval's rates
+        self.interval.left_out_s += now() - started
         self.eval_loss = float(value)
         record = {"kind": "eval", "step": self.step, "eval_loss": self.eval_loss}
         self.log.write(record)
