@@ -50,7 +50,15 @@ from tangtoc.move import to_cpu
 from tangtoc.train.batches import BatchStream
 from tangtoc.train.distributed import Distributed
 from tangtoc.train.folderlock import FolderLock
-from tangtoc.train.integrity import CHECKSUMS, check_container, corrupt, refusal, tensor_checksums, verify
+from tangtoc.train.integrity import (
+    CHECKSUMS,
+    check_container,
+    corrupt,
+    refusal,
+    tensor_checksums,
+    unloadable,
+    verify,
+)
 from tangtoc.train.schedule import resume_rates
 from tangtoc.train.strategies import checkpoint_family, load_state_dicts, state_dicts
 
@@ -215,6 +223,15 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike[str], *,
     prepare_checkpoint_dir(root)
     final = checkpoint_path(root, int(state["step"]))
     saved = to_cpu(state)  # one copy to the host, which both the checksums and torch.save then read
+    for key, value in saved.items():  # never write what load_checkpoint would refuse as "changed after writing"
+        unsafe = unloadable(value)
+        if unsafe:
+            raise CheckpointError(
+                f"cannot write checkpoint {final}: its {key!r} entry holds {', '.join(unsafe)}, which "
+                "torch.load(weights_only=True) refuses, so resuming from it would fail. Fix: keep only tensors, "
+                "numbers, strings and containers of them in that state, or allow the type with "
+                "torch.serialization.add_safe_globals([...]) if you trust it."
+            )
     payload = {"format": FORMAT, "version": VERSION, **saved, CHECKSUMS: tensor_checksums(saved)}
     with FolderLock(root, "write checkpoints"):
         # Under the lock no other writer can be mid-write here: a temporary file left now is a killed run's.
@@ -408,6 +425,20 @@ def restore_run(path: Path, run: RunState) -> tuple[int, int]:
     set_rng_state(mine["rng"], run.device)
     run.batches.load_state_dict(mine["data"])
     return int(state["step"]), int(state.get("skipped_steps", 0))
+
+
+def check_schedule_saves(scheduler: LRScheduler | None) -> None:
+    """Before training with checkpoints: refuse a schedule whose state (a ``LambdaLR``'s callable objects keep their
+    attributes there) a safe load refuses, which would make every checkpoint of the run impossible to resume."""
+    unsafe = unloadable(_scheduler_state(scheduler))
+    if unsafe:
+        raise CheckpointError(
+            f"fit: the learning-rate schedule ({type(scheduler).__name__}) holds {', '.join(unsafe)} in its "
+            "state_dict(), which checkpoints save and torch.load(weights_only=True) refuses, so no checkpoint of "
+            "this run could be resumed. Fix: a schedule function that is a plain function or a functools.partial "
+            "(or an object whose attributes are numbers and strings), tangtoc.warmup_cosine, or allow the type with "
+            "torch.serialization.add_safe_globals([...]) if you trust it."
+        )
 
 
 def _scheduler_state(scheduler: LRScheduler | None) -> dict[str, Any] | None:

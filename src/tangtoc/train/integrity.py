@@ -17,6 +17,8 @@ before checksums existed have none and load unverified.
 
 from __future__ import annotations
 
+import collections
+import io
 import pickle
 import pickletools
 import struct
@@ -58,6 +60,25 @@ def verify(state: dict[str, Any], path: Path) -> None:
             f"{len(bad)} of its {len(expected)} tensors differ from the checksums written with them ({named}): "
             "bytes changed after tangtoc wrote it (on the disk, in a copy or a transfer)",
         )
+
+
+def unloadable(value: Any) -> list[str]:
+    """The objects in ``value`` that ``torch.load(weights_only=True)`` refuses (``"math.cos"``), found by pickling it
+    without its tensors (cheap: the containers and plain values only)."""
+
+    def skeleton(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return None
+        if type(obj) in (dict, collections.OrderedDict):
+            return {k: skeleton(v) for k, v in obj.items()}
+        if type(obj) in (list, tuple):
+            return [skeleton(v) for v in obj]
+        return obj
+
+    buffer = io.BytesIO()
+    torch.save(skeleton(value), buffer)
+    buffer.seek(0)
+    return torch.serialization.get_unsafe_globals_in_checkpoint(buffer)
 
 
 def check_container(path: Path) -> None:
@@ -115,7 +136,7 @@ def _tensors(state: Any) -> list[tuple[str, torch.Tensor]]:
 
 
 def _crc(t: torch.Tensor) -> int:
-    flat = t.detach().reshape(-1)
+    flat = t.detach().resolve_conj().resolve_neg().reshape(-1)  # a lazy conj/neg view has no bytes of its own
     if not flat.is_contiguous():
         flat = flat.contiguous()
     return zlib.crc32(flat.view(torch.uint8).numpy())  # its bytes, whatever the dtype (bfloat16 included)

@@ -34,7 +34,14 @@ from tangtoc.flops import ShapeFlops, resolve_peak
 from tangtoc.move import fetch, to_device
 from tangtoc.step import LossFn, LossRule, OptimizerFactory, default_optimizer, resolve_precision, work_counter
 from tangtoc.train.batches import BatchStream, shard_data, shard_resident
-from tangtoc.train.checkpoint import RunState, newest_checkpoint, prepare_checkpoint_dir, restore_run, save_run
+from tangtoc.train.checkpoint import (
+    RunState,
+    check_schedule_saves,
+    newest_checkpoint,
+    prepare_checkpoint_dir,
+    restore_run,
+    save_run,
+)
 from tangtoc.train.config import FitConfig
 from tangtoc.train.distributed import Distributed
 from tangtoc.train.logpoint import GpuUsage, read_interval
@@ -118,6 +125,7 @@ class Run:
         self.evaluated = False  # at the final step, already (a finished run resumed)
         if config.checkpoint_dir is not None:
             prepare_checkpoint_dir(config.checkpoint_dir)  # every rank: each fails alike, none waits on another
+            check_schedule_saves(self.scheduler)  # before training, not at resume: its state goes in every save
             found = newest_checkpoint(config.checkpoint_dir, parallel)
             if config.resume:
                 if found is not None:
