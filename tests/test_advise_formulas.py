@@ -268,3 +268,35 @@ def test_uncounted_ops_get_their_share_of_the_measured_cpu_step() -> None:
     mlp = MLP(MLPConfig())
     batch = (torch.randn(B, 32), torch.randint(0, 10, (B,)))
     assert time_uncounted(mlp, batch, count_step(mlp, batch, loss_fn=F.cross_entropy), 1.0) == ()  # nothing runs
+
+
+ACTIVATIONS = [
+    torch.nn.ReLU6,  # MobileNetV2
+    torch.nn.Hardswish,  # MobileNetV3
+    torch.nn.Hardsigmoid,  # MobileNetV3's squeeze-excitation
+    torch.nn.LeakyReLU,  # GANs
+    torch.nn.ELU,
+    torch.nn.SELU,
+    torch.nn.Softplus,
+    torch.nn.Mish,  # YOLOv4
+    torch.nn.PReLU,
+    torch.nn.LogSigmoid,
+    torch.nn.Softshrink,
+]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: a.__name__)
+def test_elementwise_activations_and_their_backward_are_not_reported_as_uncounted(activation: type) -> None:
+    # advise told users "no FLOP formula for aten.hardswish_backward: the predictions are too fast" for every
+    # MobileNet: these ops are elementwise, bound by the bytes the count already has.
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), activation(), torch.nn.Linear(8, 3))
+    batch = (torch.randn(4, 8), torch.randint(0, 3, (4,)))
+    count = count_step(net, batch, loss_fn=torch.nn.functional.cross_entropy)
+    assert count.uncounted() == [], [o.op for o in count.uncounted()]
+
+
+def test_glu_and_a_margin_loss_are_not_reported_as_uncounted() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GLU(), torch.nn.Linear(4, 3))
+    batch = (torch.randn(4, 8), torch.randint(0, 3, (4,)))
+    count = count_step(net, batch, loss_fn=torch.nn.functional.multi_margin_loss)
+    assert count.uncounted() == [], [o.op for o in count.uncounted()]

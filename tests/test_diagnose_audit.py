@@ -489,3 +489,15 @@ def test_a_report_says_when_the_code_ended_before_the_steps_asked_and_when_it_wa
         model(torch.ones(1, 2)).sum().backward()
         opt.step()
     assert "1 step(s) (steps end at optimizer.step()); model on cpu" in str(unlimited.report())
+
+
+def test_a_report_without_steps_counts_the_whole_run_not_per_step() -> None:
+    # An eval loop has no optimizer.step(): the report covers the whole run, so "3.0×/step" misstated it.
+    model = torch.nn.Linear(4, 2).to("cpu")
+    with tt.audit() as audit:
+        for _ in range(3):
+            model(torch.randn(2, 4).to("cpu", non_blocking=True)).sum().item()
+    text = str(audit.report())
+    assert "0 step(s) (no steps: the whole run)" in text
+    assert "/step" not in text.split("µs/step are estimates")[0], text
+    assert "3× in the run, ~60 µs" in text, text

@@ -281,3 +281,39 @@ def test_cuda_syncs_the_debug_mode_misses_are_caught_and_what_it_alone_sees_too(
     # A stream's synchronize() is no tensor operation: the hooks do not see it, PyTorch's debug mode does.
     with pytest.raises(SyncError, match=r"current_stream\(\)\.synchronize\(\)` at .* waits for the GPU"), no_sync():
         torch.cuda.current_stream().synchronize()
+
+
+@pytest.fixture
+def gpt2() -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def test_a_batch_moved_before_the_region_is_not_copied_again_by_transformers_loss(gpt2: torch.nn.Module) -> None:
+    # The plugin's own pattern: fixtures (the model, the batch on the device) are set up outside the region. On a
+    # GPU transformers' `labels.to(logits.device)` then moves nothing; the CPU run must not call it a blocking copy.
+    device = "cpu"  # what `"cuda" if torch.cuda.is_available() else "cpu"` gives here
+    batch = {"input_ids": torch.randint(0, 64, (2, 8)).to(device)}
+    batch["labels"] = batch["input_ids"]
+    with no_sync() as guard:
+        gpt2(**batch).loss.backward()
+    assert guard.found == []
+
+
+def test_host_data_made_in_the_region_and_moved_by_transformers_still_raises(gpt2: torch.nn.Module) -> None:
+    ids = torch.randint(0, 64, (2, 8))
+    with pytest.raises(SyncError, match=r"copies to the device and waits: inside transformers\.") as e, no_sync():
+        gpt2(input_ids=ids.to("cpu", non_blocking=True), labels=torch.tensor([[1] * 8] * 2))
+    assert e.value.sync.via is not None
+
+
+def test_a_move_the_user_asks_a_library_for_still_counts() -> None:
+    transformers = pytest.importorskip("transformers")
+    batch = transformers.BatchEncoding({"input_ids": torch.randint(0, 64, (2, 8))})  # from a tokenizer, on the host
+    with pytest.raises(SyncError, match=r"`batch\.to\(device\)` at .* copies to the device and waits"), no_sync():
+        device = "cpu"  # what `"cuda" if torch.cuda.is_available() else "cpu"` gives here
+        batch.to(device)

@@ -5,6 +5,7 @@ non-finite numbers and --device meta refused up front."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -355,3 +356,25 @@ def test_a_busy_folder_is_worded_in_flags(tmp_path: Path) -> None:
     said = for_cli(str(refused[0]))
     assert "give this run another folder (--checkpoint-dir), or wait" in said
     assert "checkpoint_dir" not in said.replace("--checkpoint-dir", "")
+
+
+def test_a_resumed_run_whose_checkpoint_fails_says_the_steps_its_loss_is_the_mean_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tangtoc.train import checkpoint
+
+    run = tmp_path / "run"
+    assert main([*MLP, "--steps", "4", "--checkpoint-dir", str(run)]) == 0
+    capsys.readouterr()
+    real = checkpoint.save_checkpoint
+
+    def full_disk(state: dict, directory: object, *, keep_last: int) -> Path:
+        if state["step"] > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(state, directory, keep_last=keep_last)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", full_disk)
+    assert main([*MLP, "--steps", "6", "--checkpoint-dir", str(run), "--resume"]) == 1
+    out = capsys.readouterr().out
+    # This run trained steps 5 and 6 only: its loss is not a mean from step 1.
+    assert re.search(r"steps: 6 \(resumed from step 4\) \| train loss \d\.\d{4} \(mean of steps 5 to 6\)", out), out

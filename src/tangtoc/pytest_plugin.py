@@ -28,18 +28,22 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+# An old-style hookwrapper: new-style ones (wrapper=True) need pluggy >= 1.2, and this plugin loads in every
+# project that installs tangtoc, whatever its pytest. The test's own outcome reaches pytest through the wrapper's
+# result, not through this generator: a SyncError fails the test at its line.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, None]:
     marker = pyfuncitem.get_closest_marker("no_sync")
     if marker is None:
-        return (yield)
+        yield
+        return
     if marker.args:
         raise TypeError(
             f"@pytest.mark.no_sync takes keywords (on_sync='raise' or 'warn', device=...), got {marker.args!r}; "
             "write e.g. @pytest.mark.no_sync(on_sync='warn')."
         )
     with no_sync(**marker.kwargs):
-        return (yield)
+        yield
 
 
 @pytest.fixture(name="no_sync")

@@ -158,8 +158,8 @@ def flops_of(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], out: A
 # -- ops that do no arithmetic worth counting ---------------------------------------------------------------------
 
 # Families of ATen ops whose cost is the memory they move, not arithmetic: creation and copies, layout, indexing,
-# normalisations, pooling and resampling, softmax and losses, random numbers, the optimizers' fused updates and
-# the fused RNN cells' gate math. Ops tagged pointwise or reduction are recognised by their tags.
+# normalisations, pooling and resampling, activations, softmax and losses, random numbers, the optimizers' fused
+# updates and the fused RNN cells' gate math. Ops tagged pointwise or reduction are recognised by their tags.
 _FLOP_FREE = re.compile(
     r"_?(foreach|fused|amp)_\w+"
     r"|\w*(copy|clone|contiguous|fill|zero|zeros|ones|full|empty|arange|linspace|scalar_tensor|lift)\w*"
@@ -171,6 +171,9 @@ _FLOP_FREE = re.compile(
     r"|\w*(sort|topk|kthvalue|argmax|argmin|max|min|sum|mean|var|std|cumsum|cumprod|logsumexp|all|any)\w*"
     r"|\w*(clamp|threshold|sign|abs|neg|to_copy|local_scalar|assert|thnn_fused_\w+_cell|resize|alias)\w*"
     r"|_?(to|detach|set|unique|nonzero|bincount|histc|count_nonzero|equal|allclose|isin|searchsorted)\w*"
+    # Elementwise activations (and their backward) that carry no pointwise tag: ReLU6, Hardswish, LeakyReLU...
+    r"|_?(hardtanh|hardswish|hardsigmoid|leaky_relu|elu|softplus|mish|prelu_kernel|rrelu_with_noise|glu)\w*"
+    r"|(log_sigmoid|softshrink|hardshrink|multi_margin_loss|multilabel_margin_loss|soft_margin_loss)\w*"
 )
 
 

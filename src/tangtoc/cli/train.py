@@ -364,7 +364,9 @@ def run(args: argparse.Namespace) -> int:
         )
         model = work.model
         if found is not None:
-            check_resume(found, model, work.train, world, args)
+            resumed = check_resume(found, model, work.train, world, args)
+            if resumed is not None:
+                progress.resumed_at(resumed)  # what a run that fails after training then reports
         if init is not None:
             step = check_init_from(init, model, args)
             if main_rank:

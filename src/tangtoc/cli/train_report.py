@@ -43,6 +43,7 @@ class Progress:
         self.first_logged = 1  # the first step of the last log interval
         self.eval_loss: float | None = None
         self.checkpoint: Path | None = None
+        self.resumed_from: int | None = None  # the step --resume continued from
 
     def __call__(self, event: FitEvent) -> None:
         if event.kind == "log":
@@ -56,6 +57,7 @@ class Progress:
     def resumed_at(self, step: int) -> None:
         """The run resumed at ``step``: its first log interval starts after it."""
         self.first_logged = step + 1
+        self.resumed_from = step or None
 
 
 def unwritten(error: BaseException, progress: Progress) -> OSError | CheckpointError | None:
@@ -190,7 +192,7 @@ def reached(
         "strategy": None if world_size == 1 and args.strategy == "auto" else args.strategy,
         "precision": resolve_precision(args.precision, device).name,
         "steps": step,
-        "resumed_from_step": None,
+        "resumed_from_step": progress.resumed_from,
         "loss": record.get("loss"),
         "loss_steps": [progress.first_logged, step] if "loss" in record else None,
         "last_step_loss": None,

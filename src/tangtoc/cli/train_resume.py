@@ -97,12 +97,13 @@ def check_init_from(path: Path, model: nn.Module, args: argparse.Namespace) -> i
 
 def check_resume(
     path: Path, model: nn.Module, loader: ResidentLoader, world_size: int, args: argparse.Namespace
-) -> None:
+) -> int | None:
     """Refuse, with the flag that differs, a ``--resume`` from ``path`` that fit() would refuse: more steps done
-    than ``--steps``, another number of processes or strategy family, another model, another data order."""
+    than ``--steps``, another number of processes or strategy family, another model, another data order. Returns
+    the step it continues from (``None`` when it cannot be read: fit() then reports it, or falls back past it)."""
     state = _readable(path)
     if state is None:
-        return
+        return None
     init = f"--init-from {path} with another --checkpoint-dir"
     step = int(state["step"])
     if step > args.steps:
@@ -139,3 +140,4 @@ def check_resume(
             f"differ. Fix: the same --data, --max-bytes, --batch-size and --seed as the run that wrote it, or, for "
             f"new data, {init}."
         )
+    return step

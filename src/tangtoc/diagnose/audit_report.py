@@ -209,9 +209,15 @@ class AuditReport(ReadsAsText):
         per = max(n, 1)
         for i, f in enumerate(self.findings, 1):
             where = f"{f.location}  {f.location.code}" if f.location else "(no Python caller: autograd or C++)  "
-            size = f", {fmt_bytes(f.bytes / per)}/step" if f.bytes and f.kind != "sync" else ""
+            size = f", {fmt_bytes(f.bytes / per)}{'/step' if n else ''}" if f.bytes and f.kind != "sync" else ""
             via = f" inside {f.via}" if f.via else ""
-            cost = f"; {f.count / per:.1f}×/step{size}, ~{f.seconds_per_step * 1e6:.0f} µs/step" if f.count else ""
+            us = f"~{f.seconds_per_step * 1e6:.0f} µs"
+            if not f.count:
+                cost = ""
+            elif n:
+                cost = f"; {f.count / per:.1f}×/step{size}, {us}/step"
+            else:  # no steps: the counts are the whole run's
+                cost = f"; {f.count}× in the run{size}, {us}"
             when = _when(n, f.steps_seen, f.first_step, f.setup_count)
             lines += [f"{i:>2}. {where}", f"    {f.op}{via} — {f.detail}{cost}{when}", f"    why: {f.why}"]
             lines.append(f"    fix: {f.fix}")
