@@ -501,3 +501,26 @@ def test_a_report_without_steps_counts_the_whole_run_not_per_step() -> None:
     assert "0 step(s) (no steps: the whole run)" in text
     assert "/step" not in text.split("µs/step are estimates")[0], text
     assert "3× in the run, ~60 µs" in text, text
+
+
+def _encoder(nested: bool) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested).eval()
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_the_transformer_encoder_fast_path_reads_its_padding_mask_on_the_host(nested: bool) -> None:
+    # In eval or no_grad with a src_key_padding_mask, nn.TransformerEncoder turns the mask into a nested tensor
+    # inside C++ (aten._nested_tensor_from_mask_left_aligned), which waits for the GPU; the Python layer never sees
+    # it, and on the CPU only device intent can tell that it would.
+    enc, x = _encoder(nested), torch.randn(2, 5, 16)
+    mask = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    device = "cpu"  # what `"cuda" if torch.cuda.is_available() else "cpu"` gives here (a literal "cpu" means host)
+    with torch.no_grad(), audit() as a:
+        enc(x.to(device, non_blocking=True), src_key_padding_mask=mask.to(device, non_blocking=True))
+    syncs = [f for f in a.report().findings if f.kind == "sync"]
+    if nested:
+        assert [f.op for f in syncs] == ["padding mask to a nested tensor"]
+        assert "enable_nested_tensor=False" in syncs[0].fix
+    else:
+        assert syncs == []

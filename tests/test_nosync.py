@@ -317,3 +317,11 @@ def test_a_move_the_user_asks_a_library_for_still_counts() -> None:
     with pytest.raises(SyncError, match=r"`batch\.to\(device\)` at .* copies to the device and waits"), no_sync():
         device = "cpu"  # what `"cuda" if torch.cuda.is_available() else "cpu"` gives here
         batch.to(device)
+
+
+def test_the_transformer_encoder_fast_path_fails_a_guarded_region() -> None:
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2).eval()
+    x, mask = torch.randn(2, 5, 16), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    device = "cpu"  # what `"cuda" if torch.cuda.is_available() else "cpu"` gives here (a literal "cpu" means host)
+    with torch.no_grad(), pytest.raises(SyncError, match=r"fast path .* turns the mask into a nested"), no_sync():
+        enc(x.to(device, non_blocking=True), src_key_padding_mask=mask.to(device, non_blocking=True))

@@ -115,6 +115,15 @@ _SYNC_ATEN = {
     aten.unique_dim: "unique",
     aten.bincount: "bincount",
 }
+# Kernels that sync inside a library where no Python call shows it, inferred on a CPU run from the tensor's device
+# intent: nn.TransformerEncoder's fast path (eval or no_grad, with src_key_padding_mask) reads the mask on the host.
+# Only these: inside C++ ops intent is not always right (an LSTM's PackedSequence.batch_sizes stays on the host by
+# design, and reading it is no sync), and the Python layer covers the reads of the user's own code.
+_INFERRED_SYNC_ATEN = {
+    aten._nested_tensor_from_mask_left_aligned: "padding mask to a nested tensor",
+    aten._nested_tensor_from_mask: "padding mask to a nested tensor",
+}
+_SYNC_ATEN.update(_INFERRED_SYNC_ATEN)
 
 
 def _same_place(target: torch.device, source: torch.device) -> bool:
@@ -403,9 +412,13 @@ class Kernels(TorchDispatchMode):
         a = self.audit
         packet = func.overloadpacket
         label = _SYNC_ATEN.get(packet)
-        if label is not None and isinstance(args[0], Tensor) and args[0].device.type not in ("cpu", "meta"):
-            a.record(EventKey("sync", label, user_location(), False), args[0])
-            return
+        if label is not None and isinstance(args[0], Tensor) and args[0].device.type != "meta":
+            if args[0].device.type != "cpu":
+                a.record(EventKey("sync", label, user_location(), False), args[0])
+                return
+            if packet in _INFERRED_SYNC_ATEN and a.intent.on_device(args[0]):  # would sync on a GPU
+                a.record(EventKey("sync", label, user_location(), True, scope="tracked"), args[0])
+                return
         copy = None
         if packet is aten._to_copy and kwargs.get("device") is not None:
             copy = _copy("aten._to_copy", args[0], kwargs["device"], _non_blocking((), kwargs, 0), user_location())

@@ -50,6 +50,12 @@ _SYNC_WHY: dict[str, tuple[str, str]] = {
         "returns a Python bool, read on the host",
         "compare on the device (`(a - b).abs().max()`) and read it every N steps",
     ),
+    "padding mask to a nested tensor": (
+        "nn.TransformerEncoder's fast path (eval or no_grad, with src_key_padding_mask) turns the mask into a nested "
+        "tensor, reading it on the host",
+        "build the encoder with `nn.TransformerEncoder(..., enable_nested_tensor=False)`, or pass no padding mask "
+        "when every sequence has the same length",
+    ),
     "torch.cuda.synchronize()": (
         "waits for every queued kernel",
         "remove it from the training loop; it is needed only to time GPU work (`tt.measure` does it for you)",
