@@ -308,3 +308,33 @@ def test_sample_export_and_from_checkpoint_say_corrupt_too(
     err = capsys.readouterr().err
     assert "corrupt or truncated" in " ".join(err.split()) and "weights_only=False" not in err
     assert not os.path.exists(tmp_path / "out.safetensors")
+
+
+def test_another_users_lock_file_still_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run folder shared by a group: the lock file belongs to whoever ran first, and the next user may not open it
+    # for writing (these tests run as root, whom permissions do not stop, so the refusal is injected). flock needs
+    # no write access: the lock must still be taken, not fail with a raw PermissionError.
+    from tangtoc.train import folderlock
+
+    (tmp_path / folderlock.LOCK_NAME).write_text("")
+    real_open = os.open
+
+    def other_users_file(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith(folderlock.LOCK_NAME) and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(folderlock.os, "open", other_users_file)
+    refused: list[Exception] = []
+    with folderlock.FolderLock(tmp_path, "write checkpoints"):
+
+        def second() -> None:
+            try:
+                folderlock.FolderLock(tmp_path, "write checkpoints").release()
+            except FolderInUseError as e:
+                refused.append(e)
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join()
+    assert len(refused) == 1 and "cannot write checkpoints in" in str(refused[0])

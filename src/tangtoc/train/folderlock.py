@@ -103,7 +103,14 @@ def holds(directory: Path) -> bool:
 
 def _lock(directory: Path, doing: str) -> int:
     # O_NOFOLLOW: a link planted at the lock's name must not make us create or truncate a file elsewhere.
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    path, writable = directory / LOCK_NAME, True
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except PermissionError:
+        # Another user's lock file in a folder both write to (a shared, group-writable run folder): flock needs
+        # no write access, so the lock holds; only this holder's PID cannot be recorded in it.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        writable = False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -113,9 +120,9 @@ def _lock(directory: Path, doing: str) -> int:
     except BaseException:
         os.close(fd)
         raise
-    # Written in place, not with files.write_atomic: replacing the file would leave the lock on the old inode.
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    if writable:  # in place, not with files.write_atomic: replacing the file would leave the lock on the old inode
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     return fd
 
 
