@@ -163,3 +163,20 @@ def test_on_cuda_any_model_gets_mfu_against_the_table_and_nvml_usage() -> None:
         assert last["mfu"] > 0 and last["peak_flops"] > 0 and "peak of NVIDIA" in last["peak_source"]
     if importlib.util.find_spec("pynvml") is not None:
         assert 0 <= last["gpu_util_pct"] <= 100 and last["gpu_memory_used_bytes"] > 0
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_batch_shapes_past_the_cap_are_estimated_and_their_steps_kept_in_the_rates() -> None:
+    # 20 batch sizes, each once: the first 16 counted (and left out), the last 4 estimated (exactly, for an MLP),
+    # timed with the others; the record says how many shapes were estimated.
+    from tangtoc.flops import MAX_COUNTED_SHAPES
+
+    sizes = list(range(2, 2 + MAX_COUNTED_SHAPES + 4))
+    batches = _mlp_batches(sizes)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    result = fit(model, batches, loss_fn=F.cross_entropy, steps=len(sizes), log_every=len(sizes), peak_flops=PEAK,
+                 device="cpu", progress=False)  # fmt: skip
+    (record,) = [r for r in result.history if "mfu" in r]
+    assert record["flops_estimated_shapes"] == 4
+    flops = sum(_counted(model, lambda m, x=x, y=y: F.cross_entropy(m(x), y)) for x, y in batches[-4:])
+    _assert_mfu(record, flops / 4)  # only the 4 estimated steps are in the rates: their mean FLOPs per step

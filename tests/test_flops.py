@@ -85,3 +85,32 @@ def test_the_fast_path_keys_a_tuple_as_the_walk_does() -> None:
     batch = (torch.randn(3, 8), torch.zeros(3, dtype=torch.long))
     walked = tuple((path, tuple(t.shape)) for path, t in named_tensors(batch))
     assert shape_of(batch) == shape_of(list(batch)) == walked == (("[0]", (3, 8)), ("[1]", (3,)))
+
+
+def test_past_the_cap_a_new_shape_is_estimated_from_the_nearest_counted_one_not_counted() -> None:
+    # Dynamic padding: a new length in most batches. Two counted shapes, then the rest scaled by their elements,
+    # which for a linear layer is exact.
+    model = nn.Linear(8, 4)
+
+    def counted(rows: int) -> float:
+        with FlopCounterMode(display=False) as reference:
+            _train(model, torch.randn(rows, 8))
+        return float(reference.get_total_flops())
+
+    shapes = ShapeFlops(max_counted=2)
+    for rows in (2, 6):
+        assert shapes.start(torch.randn(rows, 8)) is None
+        _train(model, torch.randn(rows, 8))
+        shapes.stop()
+    for rows in (3, 9, 5):
+        assert shapes.start(torch.randn(rows, 8)) == counted(rows) and not shapes.counting  # estimated, exact here
+    assert shapes.estimated_shapes == 3
+    assert shapes.start(torch.randn(3, 8)) == counted(3) and shapes.estimated_shapes == 3  # cached like a count
+    # Another kind of batch (another number of dimensions) is counted, not scaled from this one.
+    assert shapes.start(torch.randn(2, 3, 8)) is None and shapes.counting
+    shapes.close()
+
+
+def test_the_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_counted must be at least 1, got 0"):
+        ShapeFlops(max_counted=0)

@@ -6,7 +6,8 @@ batch shape under PyTorch's FLOP counter (``torch.utils.flop_counter.FlopCounter
 every matmul, convolution and attention; elementwise ops count nothing, as in every MFU convention) and caches the
 count by shape (every tensor's path and shape in the batch): a later micro-batch of that shape costs one walk of
 the batch's structure and one dictionary lookup. The counter is Python code on every operator, so a counted step
-runs slower than the others: fit and the callbacks leave it out of their rates.
+runs slower than the others: fit and the callbacks leave it out of their rates. At most 16 shapes of one kind of
+batch are counted; the FLOPs of further shapes (dynamic padding) are estimated from the nearest counted one.
 
 **The peak.** :func:`resolve_peak`: ``peak_flops=`` if given, else ``$TANGTOC_PEAK_TFLOPS`` (TFLOP/s), else
 tangtoc's hardware table (:mod:`tangtoc.hardware`, every part with its datasheet) for the device and precision.
@@ -124,12 +125,28 @@ def shape_of(batch: Any) -> Shape:
     return tuple((path, tuple(t.shape)) for path, t in named_tensors(batch))
 
 
+#: Batch shapes counted under PyTorch's FLOP counter, at most, per kind of batch; see :class:`ShapeFlops`.
+MAX_COUNTED_SHAPES = 16
+
+
 class ShapeFlops:
     """The FLOPs of one micro-batch (forward and backward) per batch shape: counted by PyTorch's FLOP counter the
-    first time a shape is seen, then taken from :attr:`by_shape`. See the module docstring."""
+    first time a shape is seen, then taken from :attr:`by_shape`. See the module docstring.
 
-    def __init__(self) -> None:
+    With shapes that rarely repeat (dynamic padding: a new sequence length in most batches) counting each one
+    would slow most steps and leave them out of the rates. So at most ``max_counted`` shapes of one kind of batch
+    (the same tensors, with the same number of dimensions) are counted; the FLOPs of a further shape are estimated
+    from the counted shape nearest in size, in proportion to the batch's elements (exact for a batch size or
+    for layers linear in the sequence length; attention's quadratic part is scaled linearly).
+    :attr:`estimated_shapes` says how many shapes were estimated."""
+
+    def __init__(self, max_counted: int = MAX_COUNTED_SHAPES) -> None:
+        if max_counted < 1:
+            raise ValueError(f"max_counted must be at least 1, got {max_counted}.")
         self.by_shape: dict[Shape, float] = {}
+        self.max_counted = max_counted
+        self.estimated_shapes = 0
+        self._counted: dict[tuple[tuple[str, int], ...], dict[Shape, float]] = {}  # kind of batch -> counted
         self._open: tuple[FlopCounterMode, Shape] | None = None
 
     @property
@@ -144,10 +161,25 @@ class ShapeFlops:
         shape = shape_of(batch)
         known = self.by_shape.get(shape)
         if known is None and self._open is None:
+            known = self._estimate(shape)
+            if known is not None:
+                return known
             mode = FlopCounterMode(display=False)
             mode.__enter__()
             self._open = (mode, shape)
         return known
+
+    def _estimate(self, shape: Shape) -> float | None:
+        """FLOPs of a new ``shape`` scaled from the nearest counted one of its kind, once that kind has
+        ``max_counted`` counted shapes (cached, like a count); ``None`` while it should be counted."""
+        counted = self._counted.get(_kind(shape), {})
+        if len(counted) < self.max_counted:
+            return None
+        size = _elements(shape)
+        nearest = min(counted, key=lambda s: abs(_elements(s) - size))
+        self.by_shape[shape] = flops = counted[nearest] * size / max(_elements(nearest), 1)
+        self.estimated_shapes += 1
+        return flops
 
     def stop(self) -> float | None:
         """Stop the counter, and cache and return its count; ``None`` when it was not running."""
@@ -156,6 +188,7 @@ class ShapeFlops:
         (mode, shape), self._open = self._open, None
         mode.__exit__(None, None, None)
         self.by_shape[shape] = flops = float(mode.get_total_flops())
+        self._counted.setdefault(_kind(shape), {})[shape] = flops
         return flops
 
     def close(self) -> None:
@@ -163,3 +196,12 @@ class ShapeFlops:
         if self._open is not None:
             mode, self._open = self._open[0], None
             mode.__exit__(None, None, None)
+
+
+def _kind(shape: Shape) -> tuple[tuple[str, int], ...]:
+    """A batch's kind: its tensors' paths and numbers of dimensions (the sizes left out)."""
+    return tuple((path, len(dims)) for path, dims in shape)
+
+
+def _elements(shape: Shape) -> int:
+    return sum(math.prod(dims) for _, dims in shape)

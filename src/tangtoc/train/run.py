@@ -389,6 +389,8 @@ class Run:
             record["lr"] = lr
         record.update(rates(self.interval, seconds, self.peak_flops))
         record["peak_flops"], record["peak_source"] = self.peak.flops, self.peak.source  # one device's
+        if self.shapes is not None and self.shapes.estimated_shapes:  # FLOPs scaled from counted shapes, so far
+            record["flops_estimated_shapes"] = self.shapes.estimated_shapes
         record.update(self.usage.read())
         if self.device.type == "cuda":
             record["peak_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
