@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from tangtoc.device import DeviceLike, resolve
-from tangtoc.diagnose.audit_events import CONVERTERS, Calls, Kernels
+from tangtoc.diagnose.audit_events import CONVERTERS, enter_layers, leave_layers
 from tangtoc.diagnose.audit_findings import build_report
 from tangtoc.diagnose.audit_report import AuditReport, EventKey, Events
 from tangtoc.diagnose.frames import Loop, enclosing_loop, user_location, user_stack
@@ -216,9 +216,7 @@ class Audit:
             self.steps.install()
             self._real_synchronize = torch.cuda.synchronize
             torch.cuda.synchronize = self._synchronize
-            for mode in (Calls(self), Kernels(self)):
-                mode.__enter__()
-                self._modes.append(mode)
+            enter_layers(self, self._modes)
         except BaseException:
             self._uninstall()
             raise
@@ -231,8 +229,7 @@ class Audit:
     def _uninstall(self) -> None:
         global _active
         try:
-            while self._modes:
-                self._modes.pop().__exit__(None, None, None)
+            leave_layers(self._modes)
         finally:
             self.steps.uninstall()
             if self._real_synchronize is not None:

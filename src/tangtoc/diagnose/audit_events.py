@@ -426,3 +426,17 @@ class Kernels(TorchDispatchMode):
             copy = _copy("aten.copy_", args[1], args[0].device, _non_blocking(args, kwargs, 2), user_location())
         if copy is not None:
             a.record(copy, args[1] if packet is aten.copy_ else args[0])
+
+
+def enter_layers(recorder: Recorder, entered: list[Any]) -> None:
+    """Enter the Python layer, then the aten layer, reporting to ``recorder``; each goes into ``entered`` once it is
+    in, so that :func:`leave_layers` leaves exactly those, also after a failure part-way."""
+    for mode in (Calls(recorder), Kernels(recorder)):
+        mode.__enter__()
+        entered.append(mode)
+
+
+def leave_layers(entered: list[Any]) -> None:
+    """Leave the layers in ``entered``, innermost first, emptying it."""
+    while entered:
+        entered.pop().__exit__(None, None, None)

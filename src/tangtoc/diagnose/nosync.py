@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from tangtoc.device import DeviceLike, resolve
-from tangtoc.diagnose.audit_events import Calls, Kernels
+from tangtoc.diagnose.audit_events import Kernels, enter_layers, leave_layers
 from tangtoc.diagnose.audit_findings import event_finding
 from tangtoc.diagnose.audit_report import EventKey
 from tangtoc.diagnose.frames import Location, is_library_file, user_location
@@ -168,9 +168,7 @@ class NoSync:
         try:
             if self.device.type == "cuda":
                 self._watch_cuda()
-            for mode in (Calls(self), Kernels(self)):
-                mode.__enter__()
-                self._modes.append(mode)
+            enter_layers(self, self._modes)
         except BaseException:
             self._uninstall()
             raise
@@ -183,8 +181,7 @@ class NoSync:
 
     def _uninstall(self) -> None:
         try:
-            while self._modes:
-                self._modes.pop().__exit__(None, None, None)
+            leave_layers(self._modes)
         finally:
             while self._undo:
                 self._undo.pop()()
